@@ -1,0 +1,49 @@
+"""The ``lit-mtl`` command: Lightning's CLI with the data's task specs linked into the model.
+
+lit-mtl fit --config configs/quickstart.yaml
+lit-mtl fit --config configs/quickstart.yaml --print_config
+lit-mtl --help
+"""
+
+from __future__ import annotations
+
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+__all__ = ["MultiTaskCLI", "build_cli", "main"]
+
+
+class MultiTaskCLI(LightningCLI):
+    """LightningCLI in subclass mode for model and data (``class_path``/``init_args``).
+
+    Links ``data.task_specs`` (available right after the DataModule's ``__init__``) into
+    ``model.init_args.tasks``, so a config never repeats the task list.
+    """
+
+    def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
+
+
+def build_cli(args: ArgsType = None, *, run: bool = True) -> MultiTaskCLI:
+    """Build (and by default run) the CLI; returns it, e.g. for tests: ``build_cli([...])``."""
+    import lightning as L
+
+    from lit_mtl.multitask import MultiTaskModule
+
+    return MultiTaskCLI(
+        MultiTaskModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+    )
+
+
+def main(args: ArgsType = None) -> None:
+    """Entry point of the ``lit-mtl`` console script and ``python -m lit_mtl``."""
+    build_cli(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,185 @@
+"""The weighting base class: turn the T task losses of a step into one scalar to backpropagate.
+
+Every method, loss-based or gradient-based, is called the same way from the training step::
+
+    loss = weighting(task_losses, present=present, representation=z, shared_params=params)
+
+``task_losses`` is a sequence of T scalar tensors (or a stacked (T,) tensor). Loss-based methods
+read only the values; gradient-based methods differentiate
+each task's *own* loss tensor with respect to a shared target (the representation ``z`` or the
+shared parameters) with :func:`torch.autograd.grad`, compute task coefficients ``c`` from the
+per-task gradients, and return ``(c.detach() * losses).sum()``, so that one ordinary backward (run
+by Lightning: AMP, DDP, accumulation and clipping unchanged) applies the combined direction.
+
+State that a method learns outside the task loss (e.g. GradNorm's weights) lives in buffers of the
+weighting, so it is part of the owning LightningModule's ``state_dict`` (saved in checkpoints) and
+outside DDP's gradient all-reduce. Parameters trained *by* the task loss (uncertainty weighting's
+log-variances) are ordinary parameters returned by :meth:`Weighting.parameter_groups`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Weighting", "stack_losses"]
+
+
+def stack_losses(losses: Tensor | Sequence[Tensor]) -> Tensor:
+    """Stack T scalar losses into a float32 (T,) tensor (keeps the graph)."""
+    if isinstance(losses, Tensor):
+        if losses.dim() != 1:
+            raise ValueError(f"losses must be a (T,) tensor, got shape {tuple(losses.shape)}")
+        return losses.float()
+    items = list(losses)
+    for i, item in enumerate(items):
+        if not isinstance(item, Tensor) or item.numel() != 1:
+            raise ValueError(f"losses[{i}] must be a scalar tensor, got {item!r}")
+    return torch.stack([item.reshape(()).float() for item in items])
+
+
+class Weighting(nn.Module):
+    """Base class of the task-weighting methods.
+
+    Args:
+        num_tasks: number of tasks T. Optional: when the weighting is given to a
+            :class:`~lit_mtl.MultiTaskModule`, the module binds it to its tasks; when given here,
+            it must agree with the module's tasks (a clear error otherwise).
+
+    Subclasses implement :meth:`combine` and may override :meth:`_build` (create per-task
+    parameters/buffers once T is known), :meth:`parameter_groups`, and the training hooks
+    :meth:`on_optimizer_step` / :meth:`on_train_epoch_end`.
+
+    After each call, :attr:`last_weights` holds the (T,) weights applied to the task losses (for
+    logging; detached).
+    """
+
+    #: what the method needs besides the loss values: "losses", "representation" or
+    #: "shared_params" (the owning module provides it).
+    requires: ClassVar[str] = "losses"
+
+    def __init__(self, num_tasks: int | None = None) -> None:
+        super().__init__()
+        if num_tasks is not None and int(num_tasks) < 1:
+            raise ValueError(f"{type(self).__name__}: num_tasks must be >= 1, got {num_tasks}")
+        self._num_tasks: int | None = None if num_tasks is None else int(num_tasks)
+        self.task_names: list[str] = []
+        self.task_kinds: list[str] = []
+        self.register_buffer("last_weights", torch.empty(0), persistent=False)
+        if self._num_tasks is not None:
+            self._build(self._num_tasks, ["regression"] * self._num_tasks)
+            self.last_weights = torch.ones(self._num_tasks)
+
+    # ------------------------------------------------------------------ binding
+    @property
+    def num_tasks(self) -> int:
+        if self._num_tasks is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not bound to tasks yet: pass num_tasks=... or give it "
+                "to a MultiTaskModule"
+            )
+        return self._num_tasks
+
+    def bind(self, task_names: Sequence[str], task_kinds: Sequence[str] | None = None) -> None:
+        """Attach the weighting to the owning module's tasks (called by MultiTaskModule)."""
+        names = list(task_names)
+        kinds = list(task_kinds) if task_kinds is not None else ["regression"] * len(names)
+        if len(kinds) != len(names):
+            raise ValueError(f"{len(names)} task names but {len(kinds)} task kinds")
+        if self._num_tasks is not None and self._num_tasks != len(names):
+            raise ValueError(
+                f"{type(self).__name__} was configured for num_tasks={self._num_tasks} but the "
+                f"module has {len(names)} tasks {names}"
+            )
+        self._num_tasks = len(names)
+        self.task_names = names
+        self.task_kinds = kinds
+        self._build(len(names), kinds)
+        self.last_weights = torch.ones(len(names), device=self.last_weights.device)
+
+    def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
+        """Create per-task parameters/buffers. Called on construction (if T is known) and bind."""
+
+    # ------------------------------------------------------------------ main entry
+    def forward(
+        self,
+        losses: Tensor | Sequence[Tensor],
+        *,
+        present: Tensor | None = None,
+        representation: Tensor | None = None,
+        shared_params: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        """Combine T task losses into one scalar.
+
+        Args:
+            losses: T scalar loss tensors (or a (T,) tensor).
+            present: optional (T,) bool tensor; False for a task with no label in this batch. Such
+                a task contributes exactly zero.
+            representation: the shared representation ``z`` (gradient methods on ``z``).
+            shared_params: the shared parameters (gradient methods on parameters).
+        """
+        task_losses = list(losses) if not isinstance(losses, Tensor) else list(losses.unbind())
+        stacked = stack_losses(losses)
+        if self._num_tasks is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not bound to tasks: pass num_tasks=... or give it to a "
+                "MultiTaskModule"
+            )
+        if stacked.shape[0] != self._num_tasks:
+            raise ValueError(
+                f"{type(self).__name__} expects {self._num_tasks} task losses, got "
+                f"{stacked.shape[0]}"
+            )
+        if present is None:
+            present = torch.ones(self._num_tasks, dtype=torch.bool, device=stacked.device)
+        else:
+            present = present.to(device=stacked.device, dtype=torch.bool).reshape(-1)
+            if present.shape[0] != self._num_tasks:
+                raise ValueError(
+                    f"present has {present.shape[0]} entries, expected {self._num_tasks}"
+                )
+        return self.combine(
+            stacked,
+            task_losses=task_losses,
+            present=present,
+            representation=representation,
+            shared_params=shared_params,
+        )
+
+    def combine(
+        self,
+        losses: Tensor,
+        *,
+        task_losses: Sequence[Tensor],
+        present: Tensor,
+        representation: Tensor | None,
+        shared_params: Sequence[Tensor] | None,
+    ) -> Tensor:
+        """Return the scalar to backpropagate; set :attr:`last_weights`. Implemented by methods."""
+        raise NotImplementedError
+
+    def _weighted_sum(self, weights: Tensor, losses: Tensor, present: Tensor) -> Tensor:
+        """sum_i w_i L_i over present tasks; records the weights."""
+        weights = weights.to(losses.dtype) * present
+        self.last_weights = weights.detach().clone()
+        return (weights * losses).sum()
+
+    # ------------------------------------------------------------------ optimisation
+    def parameter_groups(self) -> list[dict]:
+        """Optimizer param groups of the weighting's trainable parameters (no weight decay)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return []
+        return [{"params": params, "weight_decay": 0.0, "name": "weighting"}]
+
+    def on_optimizer_step(self) -> None:
+        """Called once per optimizer step (after accumulation), for methods with own updates."""
+
+    def on_train_epoch_end(self) -> None:
+        """Called at the end of every training epoch (e.g. DWA's epoch-average losses)."""
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self._num_tasks}"

@@ -1,0 +1,67 @@
+"""Shared test helpers: small trainers and data that run in seconds on 2 CPU cores."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import lightning as L
+import pytest
+import torch
+
+from lit_mtl import MLPEncoder, MultiTaskModule, SyntheticDataModule, Weighting
+
+os.environ.setdefault("WANDB_MODE", "offline")
+warnings.filterwarnings("ignore", ".*does not have many workers.*")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+def fast_trainer(**overrides: Any) -> L.Trainer:
+    """A CPU Trainer without logger, checkpoints or progress bar unless overridden."""
+    kwargs: dict[str, Any] = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def small_data(**overrides: Any) -> SyntheticDataModule:
+    kwargs: dict[str, Any] = dict(
+        in_features=8,
+        regression_scales=[1.0, 5.0],
+        regression_noise=[0.1, 0.5],
+        num_classification_tasks=1,
+        num_classes=3,
+        num_train=256,
+        num_val=64,
+        num_test=64,
+        batch_size=32,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return SyntheticDataModule(**kwargs)
+
+
+def small_module(
+    dm: SyntheticDataModule, weighting: Weighting | None = None, **overrides: Any
+) -> MultiTaskModule:
+    kwargs: dict[str, Any] = dict(
+        encoder=MLPEncoder(dm.in_features, [16, 16]),
+        tasks=dm.task_specs,
+        weighting=weighting,
+        optimizer=lambda params: torch.optim.Adam(params, lr=1e-2),
+    )
+    kwargs.update(overrides)
+    return MultiTaskModule(**kwargs)
+
+
+@pytest.fixture
+def seeded() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,116 @@
+"""The lit-mtl CLI: every config in configs/ trains, print_config round-trips, --help works."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lit_mtl import MultiTaskModule
+from lit_mtl.cli import build_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
+FAST = [
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=3",
+    "--trainer.limit_val_batches=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.logger=false",
+]
+
+
+def test_configs_exist() -> None:
+    assert CONFIGS, "configs/ has no YAML file"
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_config_fits(config: Path, tmp_path: Path) -> None:
+    cli = build_cli(
+        ["fit", "--config", str(config), *FAST, f"--trainer.default_root_dir={tmp_path}"]
+    )
+    assert cli.trainer.global_step > 0
+    assert all(torch.isfinite(p).all() for p in cli.model.parameters())
+
+
+def console_script(name: str) -> str:
+    """The installed console script next to this interpreter (or on PATH)."""
+    beside = Path(sys.executable).with_name(name)
+    return str(beside) if beside.exists() else (shutil.which(name) or name)
+
+
+def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_print_config_runs_again_as_is(tmp_path: Path) -> None:
+    quick = ROOT / "configs" / "quickstart.yaml"
+    printed = _run(
+        [sys.executable, "-m", "lit_mtl", "fit", "--config", str(quick), "--print_config"], tmp_path
+    )
+    assert printed.returncode == 0, printed.stderr
+    saved = tmp_path / "printed.yaml"
+    saved.write_text(printed.stdout)
+    assert "class_path: lit_mtl.MultiTaskModule" in printed.stdout
+    again = _run(
+        [
+            sys.executable,
+            "-m",
+            "lit_mtl",
+            "fit",
+            "--config",
+            str(saved),
+            *FAST,
+            f"--trainer.default_root_dir={tmp_path}",
+        ],
+        tmp_path,
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_help_from_console_script_and_module(tmp_path: Path) -> None:
+    for cmd in ([console_script("lit-mtl"), "--help"], [sys.executable, "-m", "lit_mtl", "--help"]):
+        out = _run(cmd, tmp_path)
+        assert out.returncode == 0 and "fit" in out.stdout, out.stderr
+
+
+def test_cli_checkpoint_restores_without_arguments(tmp_path: Path) -> None:
+    quick = ROOT / "configs" / "quickstart.yaml"
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(quick),
+            "--trainer.max_epochs=1",
+            "--trainer.limit_train_batches=3",
+            "--trainer.limit_val_batches=1",
+            "--trainer.enable_progress_bar=false",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    (ckpt,) = list(tmp_path.rglob("*.ckpt"))
+    restored = MultiTaskModule.load_from_checkpoint(ckpt)
+    assert torch.equal(restored.weighting.log_vars, cli.model.weighting.log_vars)
+    assert restored.task_names == cli.datamodule.task_names
+
+
+def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
+    quick = ROOT / "configs" / "quickstart.yaml"
+    out = _run(
+        [
+            sys.executable,
+            "-m",
+            "lit_mtl",
+            "fit",
+            "--config",
+            str(quick),
+            "--data.init_args.num_classes=1",
+            *FAST,
+        ],
+        tmp_path,
+    )
+    assert out.returncode != 0 and "num_classes must be >= 2" in out.stderr

@@ -1,0 +1,67 @@
+"""The README's two commands and its Python examples are what the suite runs."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+#: copied verbatim from the README; the install part is skipped inside pytest
+MAIN_COMMAND = "pip install -e . && lit-mtl fit --config configs/quickstart.yaml"
+TEST_COMMAND = 'pip install -e ".[dev]" && pytest'
+
+
+def _bash_blocks() -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+
+
+def test_readme_states_the_two_commands_verbatim() -> None:
+    blocks = [b.strip() for b in _bash_blocks()]
+    assert blocks[0] == MAIN_COMMAND
+    assert blocks[1] == TEST_COMMAND
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    assert TEST_COMMAND in (ROOT / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_readme_main_command_runs(tmp_path: Path) -> None:
+    run_part = MAIN_COMMAND.split(" && ", 1)[1].split()
+    assert run_part[0] == "lit-mtl"
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    beside = Path(sys.executable).with_name("lit-mtl")
+    exe = str(beside) if beside.exists() else (shutil.which("lit-mtl") or "lit-mtl")
+    out = subprocess.run(
+        [exe, *run_part[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "`Trainer.fit` stopped: `max_epochs=10` reached." in out.stderr
+    assert list((tmp_path / "lightning_logs" / "quickstart").rglob("*.ckpt"))
+
+
+PY_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+
+
+@pytest.mark.parametrize("code", PY_BLOCKS, ids=[f"block{i}" for i in range(len(PY_BLOCKS))])
+def test_readme_python_examples_run(code: str) -> None:
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+
+
+def test_results_table_matches_benchmark_json() -> None:
+    import json
+
+    data = json.loads((ROOT / "benchmarks/results/uncertainty_recovery.json").read_text())
+    match = re.search(
+        r"<!-- results:uncertainty_recovery -->\n(.*?)\n<!-- /results:uncertainty_recovery -->",
+        README,
+        flags=re.S,
+    )
+    assert match and match.group(1).strip() == data["markdown"].strip()

@@ -1,0 +1,117 @@
+"""Task: masked losses, metric inputs and clear errors for bad targets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lit_mtl.tasks import IGNORE_INDEX, Task, TaskSpec, as_task_spec
+
+
+def make(kind: str, num_outputs: int = 1) -> Task:
+    torch.manual_seed(0)
+    return Task(TaskSpec("t", kind, num_outputs), in_features=4)
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ValueError, match="kind must be one of"):
+        TaskSpec("a", "ranking")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="binary task has num_outputs=1"):
+        TaskSpec("a", "binary", 2)
+    with pytest.raises(ValueError, match="must not contain"):
+        TaskSpec("a/b")
+    with pytest.raises(ValueError, match="unknown keys"):
+        as_task_spec({"name": "a", "classes": 3})
+    assert as_task_spec({"name": "a", "kind": "multiclass", "num_outputs": 3}) == TaskSpec(
+        "a", "multiclass", 3
+    )
+
+
+def test_regression_loss_ignores_nan_targets() -> None:
+    task = make("regression")
+    pred = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    target = torch.tensor([1.5, float("nan"), 2.0, float("nan")])
+    # (0.5^2 + 1^2) / 2 labelled samples
+    assert task.loss(pred, target).item() == pytest.approx((0.25 + 1.0) / 2)
+
+
+def test_multiclass_loss_ignores_ignore_index_and_mask() -> None:
+    task = make("multiclass", 3)
+    pred = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 5.0]])
+    target = torch.tensor([0, IGNORE_INDEX, 1])
+    expected = (-torch.log_softmax(pred[0], 0)[0] - torch.log_softmax(pred[2], 0)[1]).item() / 2
+    assert task.loss(pred, target).item() == pytest.approx(expected)
+    mask = torch.tensor([True, True, False])  # also drop the third sample
+    assert task.loss(pred, target, mask).item() == pytest.approx(
+        -torch.log_softmax(pred[0], 0)[0].item()
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "num_outputs", "target"),
+    [
+        ("regression", 1, torch.full((4,), float("nan"))),
+        ("regression", 2, torch.full((4, 2), float("nan"))),
+        ("binary", 1, torch.full((4,), float(IGNORE_INDEX))),
+        ("multiclass", 3, torch.full((4,), IGNORE_INDEX)),
+        ("multilabel", 3, torch.full((4, 3), IGNORE_INDEX)),
+    ],
+)
+def test_unlabelled_batch_gives_zero_loss_and_zero_grad(
+    kind: str, num_outputs: int, target: torch.Tensor
+) -> None:
+    task = make(kind, num_outputs)
+    z = torch.randn(4, 4)
+    pred = task(z)
+    loss = task.loss(pred, target)
+    assert loss.item() == 0.0 and not math.isnan(loss.item())
+    loss.backward()
+    assert all(p.grad is not None and torch.all(p.grad == 0) for p in task.parameters())
+    assert task.metric_inputs(pred, target) is None
+
+
+def test_binary_and_multilabel_losses() -> None:
+    task = make("binary")
+    pred = torch.tensor([0.0, 2.0, -1.0])
+    target = torch.tensor([1.0, 0.0, float("nan")])
+    expected = (math.log(2) + math.log1p(math.exp(2.0))) / 2
+    assert task.loss(pred, target).item() == pytest.approx(expected, rel=1e-5)
+    ml = make("multilabel", 2)
+    pred = torch.zeros(2, 2)
+    target = torch.tensor([[1, IGNORE_INDEX], [0, 1]])
+    assert ml.loss(pred, target).item() == pytest.approx(math.log(2), rel=1e-5)
+
+
+def test_metric_inputs_keep_only_labelled_samples() -> None:
+    task = make("regression")
+    pred = torch.arange(4.0)
+    target = torch.tensor([0.0, float("nan"), 2.0, float("nan")])
+    p, t = task.metric_inputs(pred, target)  # type: ignore[misc]
+    assert p.tolist() == [0.0, 2.0] and t.tolist() == [0.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("kind", "num_outputs", "target", "error", "match"),
+    [
+        ("multiclass", 3, torch.zeros(4, 3), TypeError, "integer tensor of class indices"),
+        ("multiclass", 3, torch.zeros(5, dtype=torch.long), ValueError, r"shape \(5,\)"),
+        ("regression", 2, torch.zeros(4), ValueError, r"expected \(4, 2\)"),
+        ("regression", 1, torch.zeros(4, dtype=torch.long), TypeError, "floating point"),
+        ("multilabel", 3, torch.zeros(4, 2), ValueError, r"expected \(4, 3\)"),
+    ],
+)
+def test_bad_target_errors_name_the_task(
+    kind: str, num_outputs: int, target: torch.Tensor, error: type, match: str
+) -> None:
+    task = make(kind, num_outputs)
+    pred = task(torch.randn(4, 4))
+    with pytest.raises(error, match=match) as info:
+        task.check_target(pred, target)
+    assert "task 't'" in str(info.value)
+
+
+def test_baseline_loss_is_log_c() -> None:
+    assert make("multiclass", 10).baseline_loss() == pytest.approx(math.log(10))
+    assert make("regression").baseline_loss() is None
