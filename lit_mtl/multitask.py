@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -117,7 +118,13 @@ class MultiTaskModule(L.LightningModule):
         self.encoder = encoder
         self.tasks = nn.ModuleDict({s.name: Task(s, width, heads.get(s.name)) for s in specs})
         self.weighting = weighting if weighting is not None else EqualWeighting()
-        self.weighting.bind(names, [s.kind for s in specs])
+        self.weighting.bind(
+            names,
+            [s.kind for s in specs],
+            encoder=encoder,
+            baseline_losses=[task.baseline_loss() for task in self.tasks.values()],
+        )
+        self._last_train_batch: tuple[Tensor, Mapping, Mapping] | None = None
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_metrics": nn.ModuleDict(
@@ -167,9 +174,14 @@ class MultiTaskModule(L.LightningModule):
         if unknown_masks:
             raise KeyError(f"batch has masks for unknown task(s) {unknown_masks}")
 
-    def _shared_step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor, Tensor, int]:
-        x, targets, masks = unpack_batch(batch)
-        self._check_targets(targets, masks)
+    def _task_losses(
+        self,
+        x: Tensor,
+        targets: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor],
+        stage: str | None,
+    ) -> tuple[Tensor, list[Tensor], Tensor]:
+        """(z, T scalar losses, (T,) presence); updates the stage's metrics when ``stage`` given."""
         z = self.encoder(x)  # (N, D) shared representation
         losses: list[Tensor] = []
         present: list[Tensor] = []
@@ -179,10 +191,50 @@ class MultiTaskModule(L.LightningModule):
             task.check_target(pred, target)
             losses.append(task.loss(pred, target, mask))  # scalar, 0 when unlabelled
             present.append(task.labelled(target, mask).any())
-            inputs = task.metric_inputs(pred, target, mask)
-            if inputs is not None:
-                self.metrics[f"{stage}_metrics"][name].update(*inputs)
-        return z, torch.stack(present), losses, x.shape[0]  # type: ignore[return-value]
+            if stage is not None:
+                inputs = task.metric_inputs(pred, target, mask)
+                if inputs is not None:
+                    self.metrics[f"{stage}_metrics"][name].update(*inputs)
+        return z, losses, torch.stack(present)
+
+    def _shared_step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor, list[Tensor], int]:
+        x, targets, masks = unpack_batch(batch)
+        self._check_targets(targets, masks)
+        z, losses, present = self._task_losses(x, targets, masks, stage)
+        if self.weighting.needs_losses_after_step and stage == "train":
+            self._last_train_batch = (x, targets, masks)
+        return z, present, losses, x.shape[0]
+
+    @torch.no_grad()
+    def _recompute_last_losses(self) -> tuple[Tensor, Tensor]:
+        """Task losses of the last training batch under the current parameters (FAMO's l').
+
+        Runs in train mode (as the step did) under the trainer's precision context; BatchNorm
+        running statistics are restored afterwards so the extra forward leaves no trace.
+        """
+        x, targets, masks = self._last_train_batch
+        norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
+        context = (
+            self.trainer.precision_plugin.forward_context()
+            if self._trainer is not None
+            else contextlib.nullcontext()
+        )
+        with context:
+            _, losses, present = self._task_losses(x, targets, masks, stage=None)
+        for m, state in zip(norms, saved, strict=True):
+            m.load_state_dict(state)
+        return stack_losses(losses), present
+
+    def _loss_scale(self) -> Tensor | None:
+        """The fp16 GradScaler's current scale (no host sync), or None."""
+        if self._trainer is None:
+            return None
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None or not scaler.is_enabled():
+            return None
+        scale = getattr(scaler, "_scale", None)
+        return scale if isinstance(scale, Tensor) else torch.tensor(scaler.get_scale())
 
     def _check_finite(self, stacked: Tensor, batch_idx: int) -> bool:
         finite = torch.isfinite(stacked)
@@ -214,8 +266,9 @@ class MultiTaskModule(L.LightningModule):
         stacked = stack_losses(losses).detach()  # (T,)
         if not self._check_finite(stacked, batch_idx):
             return None
-        shared = self.shared_parameters() if self.weighting.requires == "shared_params" else None
-        loss = self.weighting(losses, present=present, representation=z, shared_params=shared)
+        loss = self.weighting(
+            losses, present=present, representation=z, loss_scale=self._loss_scale()
+        )
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         weights = self.weighting.last_weights
         for i, name in enumerate(self.task_names):
@@ -269,10 +322,14 @@ class MultiTaskModule(L.LightningModule):
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)
-        self.weighting.on_optimizer_step()  # once per optimizer step, after accumulation
+        # once per optimizer step, after accumulation
+        if self.weighting.needs_losses_after_step and self._last_train_batch is not None:
+            self.weighting.on_optimizer_step(self._recompute_last_losses)
+        else:
+            self.weighting.on_optimizer_step()
 
-    def on_train_epoch_end(self) -> None:
-        self.weighting.on_train_epoch_end()
+    def on_train_epoch_start(self) -> None:
+        self.weighting.on_train_epoch_start()
 
 
 def _task_metrics(spec: TaskSpec, prefix: str) -> nn.Module:

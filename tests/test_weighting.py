@@ -5,27 +5,110 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from lit_mtl.weighting import EqualWeighting, StaticWeighting, UncertaintyWeighting, Weighting
+from lit_mtl.functional import (
+    aligned_mtl_coefficients,
+    cagrad_coefficients,
+    imtl_g_coefficients,
+    min_norm_coefficients,
+    nash_mtl_coefficients,
+    pcgrad_coefficients,
+)
+from lit_mtl.weighting import (
+    DWA,
+    FAMO,
+    IMTLG,
+    MGDA,
+    MGDAUB,
+    RLW,
+    AlignedMTL,
+    CAGrad,
+    EqualWeighting,
+    GradNorm,
+    NashMTL,
+    PCGrad,
+    StaticWeighting,
+    UncertaintyWeighting,
+    Weighting,
+    dwa_weights,
+    famo_logit_gradient,
+    famo_weights,
+    gradnorm_weight_gradient,
+)
 
 from conftest import fast_trainer, small_data, small_module
 
 KINDS = ["regression", "regression", "multiclass"]
 
-#: one factory per method; each builds an unbound weighting (T = 3 where T must be given)
+#: every method, each built unbound (T = 3 where T must be given)
 METHODS: dict[str, Callable[[], Weighting]] = {
     "equal": EqualWeighting,
     "static": lambda: StaticWeighting([1.0, 0.5, 2.0]),
     "uncertainty": UncertaintyWeighting,
+    "dwa": DWA,
+    "rlw": RLW,
+    "famo": FAMO,
+    "gradnorm": GradNorm,
+    "gradnorm_repr": lambda: GradNorm(target="representation"),
+    "mgda": MGDA,
+    "mgda_ub": MGDAUB,
+    "pcgrad": PCGrad,
+    "cagrad": CAGrad,
+    "imtl_g": IMTLG,
+    "nash_mtl": NashMTL,
+    "aligned_mtl": AlignedMTL,
 }
 
 
-def bound(name: str) -> Weighting:
+class Problem(nn.Module):
+    """A tiny 3-task problem: encoder -> z -> three heads -> three losses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.encoder = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6))
+        self.heads = nn.ModuleList([nn.Linear(6, 1), nn.Linear(6, 1), nn.Linear(6, 3)])
+        self.x = torch.randn(16, 4)
+        self.y = [torch.randn(16), torch.randn(16) * 5, torch.randint(0, 3, (16,))]
+
+    def losses(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        z = self.encoder(self.x)
+        losses = [
+            nn.functional.mse_loss(self.heads[0](z).squeeze(1), self.y[0]),
+            nn.functional.mse_loss(self.heads[1](z).squeeze(1), self.y[1]),
+            nn.functional.cross_entropy(self.heads[2](z), self.y[2]),
+        ]
+        return losses, z
+
+
+def bound(name: str, problem: Problem) -> Weighting:
     w = METHODS[name]()
-    w.bind(["a", "b", "c"], KINDS)
+    w.bind(["a", "b", "c"], KINDS, encoder=problem.encoder, baseline_losses=[None, None, 1.0])
     return w
+
+
+def run_steps(w: Weighting, problem: Problem, steps: int, lr: float = 0.05) -> None:
+    """A plain training loop calling the hooks the way MultiTaskModule does."""
+    opt = torch.optim.SGD(list(problem.parameters()) + list(w.parameters()), lr=lr)
+    for step in range(steps):
+        if step % 2 == 0:
+            w.on_train_epoch_start()
+        losses, z = problem.losses()
+        opt.zero_grad()
+        w(losses, representation=z).backward()
+        opt.step()
+
+        def recompute() -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                again, _ = problem.losses()
+            return torch.stack(again), torch.ones(3, dtype=torch.bool)
+
+        w.on_optimizer_step(recompute if w.needs_losses_after_step else None)
 
 
 @pytest.fixture(params=sorted(METHODS))
@@ -34,61 +117,175 @@ def method(request: pytest.FixtureRequest) -> str:
 
 
 def test_finite_differentiable_scalar(method: str) -> None:
-    w = bound(method)
-    losses = [torch.tensor(v, requires_grad=True) for v in (0.5, 2.0, 1.2)]
-    out = w(losses)
+    problem = Problem()
+    w = bound(method, problem)
+    losses, z = problem.losses()
+    out = w(losses, representation=z)
     assert out.dim() == 0 and torch.isfinite(out)
     out.backward()
-    assert all(loss.grad is not None and torch.isfinite(loss.grad) for loss in losses)
+    grads = [p.grad for p in problem.encoder.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(g.abs().sum() > 0 for g in grads)
     assert w.last_weights.shape == (3,) and torch.isfinite(w.last_weights).all()
 
 
-def test_state_dict_round_trip(method: str) -> None:
-    w = bound(method)
-    with torch.no_grad():
-        for p in w.parameters():
-            p.add_(torch.linspace(-0.3, 0.7, p.numel()).view_as(p))
-    fresh = bound(method)
-    fresh.load_state_dict(w.state_dict())
-    losses = torch.tensor([0.5, 2.0, 1.2])
-    assert torch.equal(fresh(losses), w(losses))
+def test_state_dict_round_trip_after_training(method: str) -> None:
+    problem = Problem()
+    w = bound(method, problem)
+    run_steps(w, problem, steps=5)
+    state = {k: v.clone() for k, v in w.state_dict().items()}
+    fresh = bound(method, problem)
+    fresh.load_state_dict(state)
+    losses, z = problem.losses()
+    out_a = w(losses, representation=z)
+    losses, z = problem.losses()
+    out_b = fresh(losses, representation=z)
+    assert torch.allclose(out_a, out_b, rtol=1e-6, atol=1e-7)
+    assert torch.allclose(w.last_weights, fresh.last_weights, rtol=1e-6, atol=1e-7)
 
 
 def test_wrong_number_of_tasks_is_an_error(method: str) -> None:
-    w = bound(method)
+    problem = Problem()
+    w = bound(method, problem)
+    losses, z = problem.losses()
     with pytest.raises(ValueError, match="expects 3 task losses, got 2"):
-        w(torch.tensor([1.0, 2.0]))
+        w(losses[:2], representation=z)
 
 
-def test_absent_task_contributes_zero(method: str) -> None:
-    w = bound(method)
-    losses = [torch.tensor(v, requires_grad=True) for v in (0.5, 2.0, 1.2)]
-    out = w(losses, present=torch.tensor([True, False, True]))
+def test_absent_task_contributes_zero_and_no_nan(method: str) -> None:
+    problem = Problem()
+    w = bound(method, problem)
+    run_steps(w, problem, steps=3)
+    losses, z = problem.losses()
+    # task b has no label in this batch: its loss is 0 * pred, as Task.loss returns it
+    losses[1] = problem.heads[1](z).sum() * 0.0
+    out = w(losses, present=torch.tensor([True, False, True]), representation=z)
     out.backward()
-    assert losses[1].grad is not None and losses[1].grad.item() == 0.0
-    assert w.last_weights[1].item() == 0.0
-    for p in w.parameters():  # no gradient to an absent task's own parameters either
-        if p.grad is not None and p.numel() == 3:
-            assert p.grad[1].item() == 0.0
+    assert torch.isfinite(out) and w.last_weights[1].item() == 0.0
+    assert all(torch.isfinite(p.grad).all() for p in problem.parameters() if p.grad is not None)
+    assert torch.isfinite(w.last_weights).all()
 
 
-def test_short_fit_trains(method: str) -> None:
-    torch.manual_seed(0)
-    dm = small_data()
-    module = small_module(dm, METHODS[method]())
-    fast_trainer(max_epochs=2).fit(module, dm)
-    assert all(torch.isfinite(p).all() for p in module.parameters())
+def test_short_fit_trains_fp32_and_bf16(method: str) -> None:
+    for precision in ("32-true", "bf16-mixed"):
+        L.seed_everything(0)
+        dm = small_data()
+        module = small_module(dm, METHODS[method]())
+        trainer = fast_trainer(max_epochs=3, precision=precision)
+        trainer.fit(module, dm)
+        assert trainer.global_step > 0
+        assert all(torch.isfinite(p).all() for p in module.parameters())
+        buffers = [b for b in module.weighting.buffers() if b.is_floating_point()]
+        assert all(torch.isfinite(b).all() for b in buffers)
 
 
 def test_module_rejects_weighting_for_other_task_count() -> None:
     dm = small_data()  # 3 tasks
     with pytest.raises(ValueError, match=r"num_tasks=2 but the module has 3 tasks"):
         small_module(dm, StaticWeighting([1.0, 2.0]))
+    with pytest.raises(ValueError, match=r"num_tasks=4 but the module has 3 tasks"):
+        small_module(dm, GradNorm(num_tasks=4))
+
+
+def test_bad_shared_target_is_an_error() -> None:
+    dm = small_data()
+    with pytest.raises(ValueError, match=r"shared target .blocks\.9."):
+        small_module(dm, PCGrad(target="blocks.9"))
+    module = small_module(dm, PCGrad(target="blocks.1"))  # a named encoder module works
+    assert len(module.weighting._target_params) == 2
+
+
+def test_gradient_method_without_target_in_drop_in_call() -> None:
+    w = MGDAUB(num_tasks=2)
+    with pytest.raises(ValueError, match="needs representation=z"):
+        w([torch.tensor(1.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)])
+    w = PCGrad(num_tasks=2)
+    with pytest.raises(ValueError, match="needs shared_params"):
+        w([torch.tensor(1.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)])
 
 
 # ---------------------------------------------------------------------- pinned values
-# (method factory, task kinds, losses, expected combined loss, expected weights), by hand.
+def gram(*vectors: list[float]) -> np.ndarray:
+    m = np.array(vectors, dtype=float)
+    return m @ m.T
+
+
+# (label, computed, expected): each expected value worked out by hand in the comment
 PINNED = [
+    # two-task MGDA closed form, g1 = (1, 0), g2 = (0.5, 2):
+    # gamma = ((g2 - g1) . g2) / ||g1 - g2||^2 = 3.75 / 4.25 = 15/17
+    (
+        "mgda two-task closed form",
+        lambda: min_norm_coefficients(gram([1, 0], [0.5, 2])),
+        [15 / 17, 2 / 17],
+    ),
+    # g1 = (1, 0), g2 = (0, 1): min-norm point (0.5, 0.5)
+    ("mgda orthogonal", lambda: min_norm_coefficients(gram([1, 0], [0, 1])), [0.5, 0.5]),
+    # g1 . g2 = -1 < 0: g1' = g1 + g2 / 2, g2' = g2 + g1 -> sum = 2 g1 + 1.5 g2
+    (
+        "pcgrad conflicting",
+        lambda: pcgrad_coefficients(gram([1, 0], [-1, 1]), np.array([[0, 1], [1, 0]])),
+        [2.0, 1.5],
+    ),
+    # no conflict (g1 . g2 = 1 > 0): unchanged sum
+    (
+        "pcgrad agreeing",
+        lambda: pcgrad_coefficients(gram([1, 0], [1, 1]), np.array([[0, 1], [1, 0]])),
+        [1.0, 1.0],
+    ),
+    # c = 0: the mean gradient
+    (
+        "cagrad c=0 is the mean",
+        lambda: cagrad_coefficients(gram([1, 0], [-1, 3], [2, 2]), c=0.0),
+        [1 / 3, 1 / 3, 1 / 3],
+    ),
+    # orthogonal, unnormalised: alpha_i = 1 / ||g_i|| = (1/2, 2)
+    (
+        "nash orthogonal",
+        lambda: nash_mtl_coefficients(gram([2, 0], [0, 0.5]), normalize=False),
+        [0.5, 2.0],
+    ),
+    # d = a g1 + (1 - a) g2 = (a, 2 - 2a); equal projections on u1, u2: a = 2 - 2a -> a = 2/3
+    ("imtl-g orthogonal", lambda: imtl_g_coefficients(gram([1, 0], [0, 2])), [2 / 3, 1 / 3]),
+    # G = diag(1, 4): B = sqrt(1) diag(1, 1/2) -> c = (1, 0.5), balanced grads (1,0), (0,1)
+    ("aligned-mtl orthogonal", lambda: aligned_mtl_coefficients(gram([1, 0], [0, 2])), [1.0, 0.5]),
+    # REFERENCE: T = 2, r = (0.5, 1.0), Temp = 2 -> (0.87565, 1.12435)
+    (
+        "dwa",
+        lambda: dwa_weights(torch.tensor([0.5, 1.0]), torch.tensor([1.0, 1.0]), 2.0).numpy(),
+        [0.87565, 1.12435],
+    ),
+    # w = (1, 1), ||grad L|| = (1, 3), L = L0: r = 1, G = (1, 3), target = 2 -> sign(-1, 1) * (1, 3)
+    (
+        "gradnorm dL/dw",
+        lambda: gradnorm_weight_gradient(
+            torch.ones(2), torch.tensor([1.0, 3.0]), torch.ones(2), torch.ones(2), 1.5
+        )[0].numpy(),
+        [-1.0, 3.0],
+    ),
+    # z = (1/2, 1/2), l = (1, 3): raw z/l = (1/2, 1/6) -> normalised (3/4, 1/4)
+    (
+        "famo weights",
+        lambda: famo_weights(torch.zeros(2), torch.tensor([1.0, 3.0]), torch.zeros(2)).numpy(),
+        [0.75, 0.25],
+    ),
+    # d = (log 2, 0), z . d = log2 / 2: z * (d - z.d) = (log2 / 4, -log2 / 4)
+    (
+        "famo logit gradient",
+        lambda: famo_logit_gradient(
+            torch.zeros(2), torch.tensor([1.0, 3.0]), torch.tensor([0.5, 3.0]), torch.zeros(2)
+        ).numpy(),
+        [math.log(2) / 4, -math.log(2) / 4],
+    ),
+]
+
+
+@pytest.mark.parametrize(("label", "computed", "expected"), PINNED, ids=[p[0] for p in PINNED])
+def test_pinned_values(label: str, computed: Callable, expected: list[float]) -> None:
+    assert np.asarray(computed(), dtype=float) == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+LOSS_PINNED = [
     ("equal 3 tasks", EqualWeighting, KINDS, [1.0, 2.0, 3.0], 6.0, [1.0, 1.0, 1.0]),
     (
         "static (0.5, 2)",
@@ -98,7 +295,7 @@ PINNED = [
         7.0,
         [0.5, 2.0],
     ),
-    # s = 0 everywhere: regression 0.5 * L, classification 1.0 * L, + 0.5 s = 0
+    # s = 0: regression 0.5 * L, classification 1.0 * L, + 0.5 s = 0
     (
         "uncertainty s=0",
         UncertaintyWeighting,
@@ -107,20 +304,53 @@ PINNED = [
         0.5 * 2.0 + 3.0,
         [0.5, 1.0],
     ),
+    # the first two epochs: lambda = 1
+    ("dwa first epochs", DWA, KINDS[:2], [2.0, 3.0], 5.0, [1.0, 1.0]),
+    # xi = 0: w = (3/4, 1/4) for l = (1, 3) -> 0.75 + 0.75
+    ("famo initial", FAMO, KINDS[:2], [1.0, 3.0], 1.5, [0.75, 0.25]),
 ]
 
 
 @pytest.mark.parametrize(
     ("label", "factory", "kinds", "losses", "expected", "weights"),
-    PINNED,
-    ids=[p[0] for p in PINNED],
+    LOSS_PINNED,
+    ids=[p[0] for p in LOSS_PINNED],
 )
-def test_pinned_values(label, factory, kinds, losses, expected, weights) -> None:  # type: ignore[no-untyped-def]
+def test_pinned_loss_weightings(label, factory, kinds, losses, expected, weights) -> None:  # type: ignore[no-untyped-def]
     w = factory()
     w.bind([f"t{i}" for i in range(len(kinds))], kinds)
     out = w(torch.tensor(losses))
     assert out.item() == pytest.approx(expected, rel=1e-6)
     assert w.last_weights.tolist() == pytest.approx(weights, rel=1e-6)
+
+
+def test_gradient_methods_apply_the_coefficients_to_the_task_gradients() -> None:
+    """Drop-in with explicit shared parameters: the backward equals sum_i c_i g_i exactly."""
+    problem = Problem()
+    params = list(problem.encoder.parameters())
+    for factory in (MGDA, PCGrad, CAGrad, NashMTL, AlignedMTL, lambda: IMTLG(target="shared")):
+        w = factory()
+        w.bind(["a", "b", "c"], KINDS)
+        losses, _ = problem.losses()
+        per_task = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
+        out = w(losses, shared_params=params)
+        got = torch.autograd.grad(out, params)
+        c = w.last_weights
+        for k, g in enumerate(got):
+            expected = sum(c[i] * per_task[i][k] for i in range(3))
+            assert torch.allclose(g, expected, atol=1e-6)
+
+
+def test_mgda_ub_coefficients_match_min_norm_of_representation_gradients() -> None:
+    problem = Problem()
+    w = MGDAUB(num_tasks=3)
+    losses, z = problem.losses()
+    rows = [torch.autograd.grad(loss, z, retain_graph=True)[0].flatten() for loss in losses]
+    jac = torch.stack(rows).double()
+    expected = min_norm_coefficients((jac @ jac.T).numpy())
+    w(losses, representation=z)
+    assert w.last_weights.double().numpy() == pytest.approx(expected, rel=1e-5)
+    assert w.last_weights.sum().item() == pytest.approx(1.0, rel=1e-6)
 
 
 def test_uncertainty_pinned_nonzero_log_vars() -> None:
@@ -171,3 +401,49 @@ def test_uncertainty_drop_in_without_module() -> None:
 def test_unbound_weighting_error() -> None:
     with pytest.raises(RuntimeError, match="not bound to tasks"):
         EqualWeighting()(torch.tensor([1.0]))
+
+
+def test_gradnorm_weights_sum_to_t_and_stay_positive() -> None:
+    problem = Problem()
+    w = bound("gradnorm", problem)
+    for _ in range(10):
+        run_steps(w, problem, steps=1)
+        assert w.w.sum().item() == pytest.approx(3.0, rel=1e-5)
+        assert (w.w > 0).all()
+    assert not torch.allclose(w.w, torch.ones(3))
+
+
+def test_gradnorm_log_c_initial_loss() -> None:
+    dm = small_data()  # cls0 has 3 classes
+    module = small_module(dm, GradNorm(initial_loss="log_c"))
+    init = module.weighting.initial_losses
+    assert torch.isnan(init[0]) and init[2].item() == pytest.approx(math.log(3))
+
+
+def test_rlw_weights_sum_to_one_and_change_per_step() -> None:
+    w = RLW(num_tasks=3, seed=1)
+    first = w.sample()
+    assert first.sum().item() == pytest.approx(1.0)
+    assert torch.equal(w.sample(), first)  # same step, same draw (accumulation, DDP ranks)
+    w.on_optimizer_step()
+    assert not torch.equal(w.sample(), first)
+
+
+def test_famo_logits_move_toward_slower_task() -> None:
+    w = FAMO(num_tasks=2)
+    w(torch.tensor([1.0, 1.0]))
+    # task 0 improved, task 1 did not: xi_0 should drop (FAMO raises the weight of the laggard)
+    w.update(torch.tensor([0.5, 1.0]))
+    assert w.logits[0] < w.logits[1]
+
+
+def test_dwa_closes_epochs_at_the_next_epoch_start() -> None:
+    w = DWA(num_tasks=2)
+    for epoch_losses in ([1.0, 1.0], [0.5, 1.0]):
+        w.on_train_epoch_start()
+        w(torch.tensor(epoch_losses))
+        w(torch.tensor(epoch_losses))
+    assert w.last_weights.tolist() == [1.0, 1.0]
+    w.on_train_epoch_start()  # closes the 2nd epoch: r = (0.5, 1.0)
+    w(torch.tensor([0.4, 0.9]))
+    assert w.last_weights.tolist() == pytest.approx([0.87565, 1.12435], rel=1e-4)

@@ -19,7 +19,7 @@ log-variances) are ordinary parameters returned by :meth:`Weighting.parameter_gr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import torch
@@ -57,9 +57,9 @@ class Weighting(nn.Module):
     logging; detached).
     """
 
-    #: what the method needs besides the loss values: "losses", "representation" or
-    #: "shared_params" (the owning module provides it).
-    requires: ClassVar[str] = "losses"
+    #: True for methods that need the task losses recomputed on the same batch after the optimizer
+    #: step (FAMO); the owning module then passes ``recompute_losses`` to :meth:`on_optimizer_step`.
+    needs_losses_after_step: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int | None = None) -> None:
         super().__init__()
@@ -83,8 +83,19 @@ class Weighting(nn.Module):
             )
         return self._num_tasks
 
-    def bind(self, task_names: Sequence[str], task_kinds: Sequence[str] | None = None) -> None:
-        """Attach the weighting to the owning module's tasks (called by MultiTaskModule)."""
+    def bind(
+        self,
+        task_names: Sequence[str],
+        task_kinds: Sequence[str] | None = None,
+        encoder: nn.Module | None = None,
+        baseline_losses: Sequence[float | None] | None = None,
+    ) -> None:
+        """Attach the weighting to the owning module's tasks (called by MultiTaskModule).
+
+        ``encoder`` lets gradient-based methods resolve their shared target (the last shared layer,
+        a named module or parameter, or all shared parameters). ``baseline_losses`` gives the loss
+        of an uninformed predictor per task where known (log C for C-class cross-entropy).
+        """
         names = list(task_names)
         kinds = list(task_kinds) if task_kinds is not None else ["regression"] * len(names)
         if len(kinds) != len(names):
@@ -99,6 +110,11 @@ class Weighting(nn.Module):
         self.task_kinds = kinds
         self._build(len(names), kinds)
         self.last_weights = torch.ones(len(names), device=self.last_weights.device)
+        if encoder is not None:
+            self._bind_encoder(encoder)
+
+    def _bind_encoder(self, encoder: nn.Module) -> None:
+        """Resolve what the method differentiates (gradient-based methods)."""
 
     def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
         """Create per-task parameters/buffers. Called on construction (if T is known) and bind."""
@@ -111,6 +127,7 @@ class Weighting(nn.Module):
         present: Tensor | None = None,
         representation: Tensor | None = None,
         shared_params: Sequence[Tensor] | None = None,
+        loss_scale: Tensor | float | None = None,
     ) -> Tensor:
         """Combine T task losses into one scalar.
 
@@ -119,7 +136,10 @@ class Weighting(nn.Module):
             present: optional (T,) bool tensor; False for a task with no label in this batch. Such
                 a task contributes exactly zero.
             representation: the shared representation ``z`` (gradient methods on ``z``).
-            shared_params: the shared parameters (gradient methods on parameters).
+            shared_params: the shared parameters (gradient methods on parameters); default: the
+                ones resolved from the encoder given to :meth:`bind`.
+            loss_scale: the fp16 GradScaler's current scale, if any. Gradient methods compute the
+                per-task gradients of ``loss_scale * L_i`` (no fp16 underflow) and unscale them.
         """
         task_losses = list(losses) if not isinstance(losses, Tensor) else list(losses.unbind())
         stacked = stack_losses(losses)
@@ -147,6 +167,7 @@ class Weighting(nn.Module):
             present=present,
             representation=representation,
             shared_params=shared_params,
+            loss_scale=loss_scale,
         )
 
     def combine(
@@ -157,6 +178,7 @@ class Weighting(nn.Module):
         present: Tensor,
         representation: Tensor | None,
         shared_params: Sequence[Tensor] | None,
+        loss_scale: Tensor | float | None,
     ) -> Tensor:
         """Return the scalar to backpropagate; set :attr:`last_weights`. Implemented by methods."""
         raise NotImplementedError
@@ -175,11 +197,18 @@ class Weighting(nn.Module):
             return []
         return [{"params": params, "weight_decay": 0.0, "name": "weighting"}]
 
-    def on_optimizer_step(self) -> None:
-        """Called once per optimizer step (after accumulation), for methods with own updates."""
+    def on_optimizer_step(
+        self, recompute_losses: Callable[[], tuple[Tensor, Tensor]] | None = None
+    ) -> None:
+        """Called once per optimizer step (after accumulation), for methods with own updates.
 
-    def on_train_epoch_end(self) -> None:
-        """Called at the end of every training epoch (e.g. DWA's epoch-average losses)."""
+        ``recompute_losses`` (given when :attr:`needs_losses_after_step`) returns the (T,) task
+        losses of the last batch under the updated parameters.
+        """
+
+    def on_train_epoch_start(self) -> None:
+        """Called at the start of every training epoch (e.g. DWA closes the previous epoch here,
+        so that the epoch's losses, saved in a checkpoint, are never lost on resume)."""
 
     def extra_repr(self) -> str:
         return f"num_tasks={self._num_tasks}"

@@ -1,0 +1,248 @@
+"""Pure functions: task coefficients from the T x T Gramian of the per-task gradients.
+
+Every aggregator here returns coefficients ``c`` (T,) such that the update direction is
+``d = sum_i c_i g_i``; the caller then backpropagates ``sum_i c_i L_i`` once. All of them only read
+the Gramian ``G_ij = g_i . g_j`` (never the gradients themselves), and all are invariant to a
+uniform scaling of G except where stated, which makes them safe under fp16 loss scaling.
+
+The solvers run in float64 on the CPU (T x T problems are tiny).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "aligned_mtl_coefficients",
+    "cagrad_coefficients",
+    "imtl_g_coefficients",
+    "min_norm_coefficients",
+    "nash_mtl_coefficients",
+    "pcgrad_coefficients",
+    "project_to_simplex",
+]
+
+
+def _as_numpy(gramian: Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(gramian, Tensor):
+        gramian = gramian.detach().to("cpu", torch.float64).numpy()
+    g = np.asarray(gramian, dtype=np.float64)
+    if g.ndim != 2 or g.shape[0] != g.shape[1]:
+        raise ValueError(f"the Gramian must be a square T x T matrix, got shape {g.shape}")
+    return 0.5 * (g + g.T)
+
+
+def project_to_simplex(v: np.ndarray) -> np.ndarray:
+    """Euclidean projection onto {x >= 0, sum x = 1} (Duchi et al. 2008)."""
+    u = np.sort(v)[::-1]
+    css = np.cumsum(u) - 1.0
+    idx = np.arange(1, len(v) + 1)
+    rho = np.nonzero(u - css / idx > 0)[0][-1]
+    theta = css[rho] / (rho + 1.0)
+    return np.maximum(v - theta, 0.0)
+
+
+def min_norm_coefficients(gramian: Tensor | np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Min-norm point of the convex hull of the g_i: argmin_{a in simplex} a^T G a.
+
+    Wolfe's exact min-norm-point algorithm expressed on the Gramian (finite, no step size).
+    For T = 2 it reduces to Sener & Koltun's closed form
+    ``gamma = clip(((g2 - g1) . g2) / ||g1 - g2||^2, 0, 1)``, a = (gamma, 1 - gamma).
+    """
+    g = _as_numpy(gramian)
+    t = g.shape[0]
+    if t == 1:
+        return np.ones(1)
+    scale = max(float(np.max(np.diag(g))), 1e-300)
+    g = g / scale  # scale-invariant
+    start = int(np.argmin(np.diag(g)))
+    active = [start]
+    lam = np.zeros(t)
+    lam[start] = 1.0
+    for _ in range(50 * t):
+        gl = g @ lam
+        xx = float(lam @ gl)
+        j = int(np.argmin(gl))
+        if xx - gl[j] <= tol or j in active:
+            break
+        active.append(j)
+        while True:
+            sub = g[np.ix_(active, active)]
+            k = len(active)
+            kkt = np.zeros((k + 1, k + 1))
+            kkt[:k, :k] = sub
+            kkt[:k, k] = 1.0
+            kkt[k, :k] = 1.0
+            rhs = np.zeros(k + 1)
+            rhs[k] = 1.0
+            mu = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:k]
+            current = lam[active]
+            if np.all(mu > 1e-12):
+                lam[:] = 0.0
+                lam[active] = mu
+                break
+            neg = mu <= 1e-12
+            theta = np.min(current[neg] / (current[neg] - mu[neg]))
+            new = current + theta * (mu - current)
+            lam[:] = 0.0
+            lam[active] = new
+            keep = [a for a, v in zip(active, new, strict=True) if v > 1e-12]
+            active = keep
+    lam = np.maximum(lam, 0.0)
+    return lam / lam.sum()
+
+
+def pcgrad_coefficients(gramian: Tensor | np.ndarray, orders: np.ndarray) -> np.ndarray:
+    """PCGrad (Yu et al. 2020) as coefficients on the original gradients.
+
+    For each task i, g_i' starts at g_i and, for j in ``orders[i]`` (a permutation of the tasks),
+    if g_i' . g_j < 0: g_i' -= (g_i' . g_j / ||g_j||^2) g_j. The update is sum_i g_i'. Each g_i' is
+    tracked as a row of coefficients C (g_i' = sum_k C_ik g_k), so g_i' . g_j = (C G)_ij exactly.
+    """
+    g = _as_numpy(gramian)
+    t = g.shape[0]
+    coef = np.eye(t)
+    for i in range(t):
+        for j in orders[i]:
+            if j == i or g[j, j] <= 0:
+                continue
+            dot = float(coef[i] @ g[:, j])
+            if dot < 0:
+                coef[i, j] -= dot / g[j, j]
+    return coef.sum(axis=0)
+
+
+def cagrad_coefficients(
+    gramian: Tensor | np.ndarray, c: float = 0.4, rescale: int = 1, iters: int = 500
+) -> np.ndarray:
+    """CAGrad (Liu et al. 2021): d = g0 + (sqrt(phi) / ||g_w||) g_w, phi = c^2 ||g0||^2.
+
+    w = argmin_{w in simplex} g_w . g0 + sqrt(phi) ||g_w||, g0 = mean_i g_i, solved by projected
+    gradient descent with backtracking. ``rescale`` as in the authors' code: 0 none,
+    1 divides by 1 + c^2 (their default), 2 by 1 + c. c = 0 gives the mean (1/T each).
+    """
+    g = _as_numpy(gramian)
+    t = g.shape[0]
+    mean = np.full(t, 1.0 / t)
+    if c == 0:
+        return mean
+    scale = max(float(np.max(np.diag(g))), 1e-300)
+    g = g / scale
+    b = g @ mean  # g_i . g0
+    g0_norm = float(np.sqrt(max(mean @ b, 0.0) + 1e-12))
+    radius = c * g0_norm
+
+    def objective(w: np.ndarray) -> float:
+        return float(w @ b + radius * np.sqrt(max(w @ g @ w, 0.0) + 1e-12))
+
+    w = mean.copy()
+    step = 1.0
+    f = objective(w)
+    for _ in range(iters):
+        norm = np.sqrt(max(w @ g @ w, 0.0) + 1e-12)
+        grad = b + radius * (g @ w) / norm
+        while True:
+            cand = project_to_simplex(w - step * grad)
+            fc = objective(cand)
+            if fc <= f - 1e-4 * float(grad @ (w - cand)) or step < 1e-12:
+                break
+            step *= 0.5
+        if np.max(np.abs(cand - w)) < 1e-10:
+            w = cand
+            break
+        w, f = cand, fc
+        step = min(step * 2.0, 1e6)
+    gw_norm = float(np.sqrt(max(w @ g @ w, 0.0) + 1e-12))
+    lam = radius / (gw_norm + 1e-8)
+    coef = mean + lam * w
+    if rescale == 1:
+        coef = coef / (1.0 + c**2)
+    elif rescale == 2:
+        coef = coef / (1.0 + c)
+    return coef
+
+
+def imtl_g_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:
+    """IMTL-G (Liu et al. 2021): the d = sum a_i g_i, sum a_i = 1, with equal projections
+    d . u_i on every unit gradient u_i = g_i / ||g_i||.
+
+    a_{2:T} = g_1 U^T (D U^T)^{-1}, a_1 = 1 - sum a_{2:T}, with rows D_j = g_1 - g_j and
+    U_j = u_1 - u_j; every product is read from the Gramian.
+    """
+    g = _as_numpy(gramian)
+    t = g.shape[0]
+    if t == 1:
+        return np.ones(1)
+    norms = np.sqrt(np.maximum(np.diag(g), 1e-300))
+    gu = g / norms[None, :]  # gu[i, j] = g_i . u_j
+    # g_1 U^T: g_1 . (u_1 - u_j)
+    row = gu[0, 0] - gu[0, 1:]
+    # (D U^T)_{ij} = (g_1 - g_i) . (u_1 - u_j)
+    du = gu[0, 0] - gu[0, 1:][None, :] - gu[1:, 0][:, None] + gu[1:, 1:]
+    rest = np.linalg.lstsq(du.T, row, rcond=None)[0]
+    return np.concatenate([[1.0 - rest.sum()], rest])
+
+
+def nash_mtl_coefficients(
+    gramian: Tensor | np.ndarray,
+    init: np.ndarray | None = None,
+    normalize: bool = True,
+    iters: int = 100,
+    tol: float = 1e-10,
+    ridge: float = 1e-8,
+) -> np.ndarray:
+    """Nash-MTL (Navon et al. 2022): alpha > 0 with G alpha = 1 / alpha (elementwise).
+
+    It is the unique minimiser of the strictly convex f(a) = a^T G a / 2 - sum_i log a_i, found by
+    damped Newton steps that keep a > 0. ``normalize=True`` (the authors' code) solves with
+    G / ||G||_F, which makes alpha invariant to the scale of G; with ``normalize=False``,
+    orthogonal gradients give alpha_i = 1 / ||g_i||. With linearly dependent, conflicting
+    gradients the system has no solution (f is unbounded below); a ridge of
+    ``ridge * mean(diag G)`` on the diagonal keeps the problem well posed.
+    """
+    g = _as_numpy(gramian)
+    t = g.shape[0]
+    if normalize:
+        g = g / max(float(np.linalg.norm(g)), 1e-300)
+    g = g + ridge * max(float(np.mean(np.diag(g))), 1e-300) * np.eye(t)
+    a = np.ones(t) / np.sqrt(max(float(np.mean(np.diag(g))), 1e-300)) if init is None else init
+    a = np.maximum(np.asarray(a, dtype=np.float64), 1e-12)
+
+    def f(x: np.ndarray) -> float:
+        return float(0.5 * x @ g @ x - np.sum(np.log(x)))
+
+    for _ in range(iters):
+        grad = g @ a - 1.0 / a
+        hess = g + np.diag(1.0 / a**2)
+        step = np.linalg.solve(hess, grad)
+        if float(grad @ step) < tol:
+            break
+        s = 1.0
+        neg = step > 0
+        if np.any(neg):
+            s = min(1.0, 0.99 * float(np.min(a[neg] / step[neg])))
+        fa = f(a)
+        while f(a - s * step) > fa - 1e-4 * s * float(grad @ step) and s > 1e-12:
+            s *= 0.5
+        a = a - s * step
+    return a
+
+
+def aligned_mtl_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:
+    """Aligned-MTL (Senushkin et al. 2023), the authors' Procrustes solver with scale "min".
+
+    Eigen-decompose G = V diag(l) V^T (rank r), B = sqrt(l_min) V diag(1 / sqrt(l)) V^T, which
+    aligns the gradient system to condition number 1; the update is the sum of the balanced
+    gradients, i.e. coefficients c = B 1.
+    """
+    g = _as_numpy(gramian)
+    vals, vecs = np.linalg.eigh(g)
+    tol = float(np.max(vals)) * g.shape[0] * np.finfo(np.float64).eps
+    keep = vals > tol
+    if not np.any(keep):
+        return np.zeros(g.shape[0])
+    vals, vecs = vals[keep], vecs[:, keep]
+    b = np.sqrt(vals.min()) * (vecs / np.sqrt(vals)[None, :]) @ vecs.T
+    return b.sum(axis=1)

@@ -1,0 +1,30 @@
+"""Aligned-MTL (Senushkin et al., CVPR 2023): align the gradient system's condition number."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lit_mtl.functional.aggregation import aligned_mtl_coefficients
+from lit_mtl.weighting.gradient import GradientWeighting
+
+__all__ = ["AlignedMTL"]
+
+
+class AlignedMTL(GradientWeighting):
+    """Aligned-MTL, Senushkin et al. 2023 (https://arxiv.org/abs/2305.19000).
+
+    With G = V diag(l) V^T (rank r), the balancing matrix B = sqrt(l_min) V diag(l^{-1/2}) V^T makes
+    the balanced gradients orthogonal with equal norms (condition number 1); the update is their
+    sum, i.e. coefficients c = B 1 (the authors' Procrustes solver, scale mode "min").
+
+    Args:
+        target: ``"shared"`` (Aligned-MTL) or ``"representation"`` (Aligned-MTL-UB).
+
+    Scale-invariant (B depends on ratios of eigenvalues only).
+    """
+
+    def __init__(self, num_tasks: int | None = None, target: str = "shared") -> None:
+        super().__init__(num_tasks=num_tasks, target=target)
+
+    def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        return aligned_mtl_coefficients(gramian)

@@ -1,0 +1,45 @@
+"""CAGrad (Liu et al., NeurIPS 2021): conflict-averse gradient descent."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lit_mtl.functional.aggregation import cagrad_coefficients
+from lit_mtl.weighting.gradient import GradientWeighting
+
+__all__ = ["CAGrad"]
+
+
+class CAGrad(GradientWeighting):
+    """Conflict-averse gradient descent, Liu et al. 2021 (https://arxiv.org/abs/2110.14048).
+
+    d = g0 + (sqrt(phi) / ||g_w||) g_w with g0 = mean_i g_i, phi = c^2 ||g0||^2 and
+    w = argmin_{w in simplex} g_w . g0 + sqrt(phi) ||g_w|| (maximises the worst local improvement
+    within a ball of radius c ||g0|| around g0). c = 0 gives the mean gradient.
+
+    Args:
+        c: the radius factor (paper default 0.4).
+        rescale: the authors' output scaling: 1 divides by 1 + c^2 (their default), 2 by 1 + c,
+            0 none.
+        target: ``"shared"`` (the paper) or ``"representation"``.
+
+    Scale-invariant; the inner problem is solved by projected gradient descent on the simplex.
+    """
+
+    def __init__(
+        self,
+        num_tasks: int | None = None,
+        c: float = 0.4,
+        rescale: int = 1,
+        target: str = "shared",
+    ) -> None:
+        if c < 0:
+            raise ValueError(f"CAGrad: c must be >= 0, got {c}")
+        if rescale not in (0, 1, 2):
+            raise ValueError(f"CAGrad: rescale must be 0, 1 or 2, got {rescale}")
+        super().__init__(num_tasks=num_tasks, target=target)
+        self.c = float(c)
+        self.rescale = int(rescale)
+
+    def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        return cagrad_coefficients(gramian, c=self.c, rescale=self.rescale)

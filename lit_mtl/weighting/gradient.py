@@ -1,0 +1,217 @@
+"""Base of the gradient-based methods: per-task gradients of a shared target -> Gramian -> c.
+
+Mechanism (one per step):
+
+1. ``J`` (T, P): the gradient of each task's *own* loss tensor w.r.t. the shared target, by T calls
+   of :func:`torch.autograd.grad` (no ``.grad`` written, no DDP all-reduce triggered). Each call
+   only runs through that task's head (and the encoder when the target is a parameter set).
+2. ``G = J J^T`` (T, T), made identical on every DDP rank (below).
+3. Task coefficients ``c`` from G by the method's pure function (``lit_mtl.functional``).
+4. Return ``(c.detach() * losses).sum()``: Lightning's ordinary backward then applies
+   ``sum_i c_i g_i`` to the encoder and ``c_i`` times each head's own gradient to the heads.
+
+Shared targets (``target=``):
+
+* ``"representation"``: the encoder output z (the "UB" variants; cheapest, only heads are
+  differentiated T times);
+* ``"shared"``: all trainable encoder parameters (T extra encoder backwards);
+* ``"last_shared_layer"``: the encoder's last weighted layer (GradNorm's default W);
+* any other string: the name of an encoder submodule or parameter (``encoder.named_modules()`` /
+  ``named_parameters()``).
+
+DDP: for the representation each rank holds different samples, so the Gramian of the global batch is
+the *sum* of the per-rank Gramians (one all-reduce of T x T numbers). For parameters the global
+gradient is the *mean* of the per-rank gradients, so J itself is averaged (one all-reduce of T x P
+numbers) before G is formed. Either way every rank solves the same problem and gets the same c; DDP
+then averages the final backward as usual. A task absent on every rank is left out of the solver
+(coefficient 0); presence is max-reduced across ranks.
+
+fp16: with a GradScaler the per-task gradients are computed on ``scale * L_i`` and divided by the
+scale (no underflow); a non-finite Gramian (overflow) keeps the previous coefficients for that step
+and is counted in the ``nonfinite_steps`` buffer (the GradScaler then skips the step anyway).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from lit_mtl.functional.distributed import (
+    all_reduce_max,
+    all_reduce_mean,
+    all_reduce_sum,
+    masked_mean_over_ranks,
+)
+from lit_mtl.weighting.base import Weighting
+
+__all__ = ["GradientWeighting", "resolve_shared_target"]
+
+log = logging.getLogger(__name__)
+
+
+def resolve_shared_target(encoder: nn.Module, target: str) -> list[nn.Parameter]:
+    """Parameters of ``encoder`` named by ``target`` (see module docstring)."""
+    if target == "shared":
+        params = [p for p in encoder.parameters() if p.requires_grad]
+    elif target == "last_shared_layer":
+        finder = getattr(encoder, "last_shared_layer", None)
+        if finder is not None:
+            layer = finder()
+        else:
+            layers = [
+                m
+                for m in encoder.modules()
+                if isinstance(getattr(m, "weight", None), nn.Parameter)
+                and not isinstance(m, nn.modules.batchnorm._NormBase | nn.LayerNorm)
+            ]
+            if not layers:
+                raise ValueError(f"{type(encoder).__name__} has no layer with a weight")
+            layer = layers[-1]
+        params = [layer.weight]
+    else:
+        named_params = dict(encoder.named_parameters())
+        named_modules = dict(encoder.named_modules())
+        if target in named_params:
+            params = [named_params[target]]
+        elif target in named_modules and target:
+            params = [p for p in named_modules[target].parameters() if p.requires_grad]
+        else:
+            raise ValueError(
+                f"shared target {target!r} is neither 'representation', 'shared', "
+                f"'last_shared_layer' nor a module/parameter of the encoder; modules: "
+                f"{[n for n in named_modules if n][:12]}..."
+            )
+    if not params:
+        raise ValueError(f"shared target {target!r} selects no trainable parameter")
+    return params
+
+
+class GradientWeighting(Weighting):
+    """Base of the methods that combine per-task gradients (see the module docstring).
+
+    Args:
+        num_tasks: T (optional inside a MultiTaskModule).
+        target: the shared target: ``"representation"``, ``"shared"``, ``"last_shared_layer"`` or
+            an encoder module/parameter name.
+
+    Subclasses implement :meth:`coefficients` (numpy, on the Gramian of the present tasks).
+    Cost per step: T ``autograd.grad`` calls through the heads (representation) or through heads
+    and encoder (parameters), the Gramian (T^2 P flops) and a T x T solve on the CPU; memory: the
+    T x P gradient matrix.
+    """
+
+    def __init__(self, num_tasks: int | None = None, target: str = "representation") -> None:
+        super().__init__(num_tasks=num_tasks)
+        if not isinstance(target, str) or not target:
+            raise ValueError(f"target must be a non-empty string, got {target!r}")
+        self.target = target
+        self._target_params: list[nn.Parameter] | None = None
+        self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long))
+
+    def _bind_encoder(self, encoder: nn.Module) -> None:
+        if self.target != "representation":
+            # a plain list: the parameters stay owned (and checkpointed) by the encoder
+            self._target_params = resolve_shared_target(encoder, self.target)
+
+    # ------------------------------------------------------------------ gradients
+    def task_gradients(
+        self,
+        task_losses: Sequence[Tensor],
+        present: Tensor,
+        representation: Tensor | None,
+        shared_params: Sequence[Tensor] | None,
+        loss_scale: Tensor | float | None,
+    ) -> Tensor:
+        """(T, P) float32 matrix of per-task gradients of the shared target (0 for absent tasks)."""
+        if self.target == "representation":
+            if representation is None:
+                raise ValueError(
+                    f"{type(self).__name__}(target='representation') needs representation=z "
+                    "(the shared encoder output) in the call"
+                )
+            inputs: list[Tensor] = [representation]
+        else:
+            params = shared_params if shared_params is not None else self._target_params
+            if params is None:
+                raise ValueError(
+                    f"{type(self).__name__}(target={self.target!r}) needs shared_params=... in the "
+                    "call or an encoder given to bind() (MultiTaskModule does this)"
+                )
+            inputs = list(params)
+        size = sum(t.numel() for t in inputs)
+        device = inputs[0].device
+        rows: list[Tensor] = []
+        flags = present.tolist()
+        for i, loss in enumerate(task_losses):
+            if not flags[i] or not loss.requires_grad:
+                rows.append(torch.zeros(size, device=device))
+                continue
+            scaled = loss * loss_scale if loss_scale is not None else loss
+            grads = torch.autograd.grad(scaled, inputs, retain_graph=True, allow_unused=True)
+            flat = torch.cat(
+                [
+                    (g if g is not None else torch.zeros_like(t)).reshape(-1).float()
+                    for g, t in zip(grads, inputs, strict=True)
+                ]
+            )
+            if loss_scale is not None:
+                flat = flat / loss_scale
+            rows.append(flat)
+        return torch.stack(rows)  # (T, P)
+
+    def reduced_gramian(self, jacobian: Tensor) -> Tensor:
+        """G = J J^T made identical across DDP ranks (sum for z, mean of J for parameters)."""
+        if self.target == "representation":
+            return all_reduce_sum(jacobian @ jacobian.T)
+        jacobian = all_reduce_mean(jacobian)
+        return jacobian @ jacobian.T
+
+    # ------------------------------------------------------------------ combine
+    def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        """Task coefficients for the present tasks' Gramian (float64). Implemented by methods."""
+        raise NotImplementedError
+
+    def combine(
+        self,
+        losses: Tensor,
+        *,
+        task_losses: Sequence[Tensor],
+        present: Tensor,
+        representation: Tensor | None,
+        shared_params: Sequence[Tensor] | None,
+        loss_scale: Tensor | float | None,
+    ) -> Tensor:
+        present_all = all_reduce_max(present.to(torch.uint8)).bool()
+        jacobian = self.task_gradients(
+            task_losses, present_all & present, representation, shared_params, loss_scale
+        )
+        gramian = self.reduced_gramian(jacobian)  # (T, T)
+        global_losses, _ = masked_mean_over_ranks(losses, present)
+        weights = self._solve(gramian, global_losses, present_all)
+        return self._weighted_sum(weights, losses, present_all)
+
+    def _solve(self, gramian: Tensor, losses: Tensor, present: Tensor) -> Tensor:
+        idx = present.nonzero().flatten().tolist()
+        weights = torch.zeros(self.num_tasks, dtype=torch.float64)
+        if not idx:
+            return weights.to(device=losses.device, dtype=losses.dtype)
+        g = gramian.detach().to("cpu", torch.float64).numpy()
+        if not np.all(np.isfinite(g)):
+            self.nonfinite_steps += 1
+            log.warning(
+                "%s: non-finite task gradients (fp16 overflow?); keeping the previous coefficients",
+                type(self).__name__,
+            )
+            return self.last_weights.clone().to(losses.dtype)
+        sub = g[np.ix_(idx, idx)]
+        loss_values = losses.detach().to("cpu", torch.float64).numpy()[idx]
+        coef = self.coefficients(sub, loss_values)
+        weights[idx] = torch.as_tensor(coef, dtype=torch.float64)
+        return weights.to(device=losses.device, dtype=losses.dtype)
+
+    def extra_repr(self) -> str:
+        return f"num_tasks={self._num_tasks}, target={self.target!r}"

@@ -1,0 +1,31 @@
+"""IMTL-G (Liu et al., ICLR 2021): impartial multi-task learning, gradient part."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lit_mtl.functional.aggregation import imtl_g_coefficients
+from lit_mtl.weighting.gradient import GradientWeighting
+
+__all__ = ["IMTLG"]
+
+
+class IMTLG(GradientWeighting):
+    """IMTL-G, Liu et al. 2021 (https://openreview.net/forum?id=IMPnRXEWpvr).
+
+    Finds d = sum_i a_i g_i with sum_i a_i = 1 whose projections d . u_i onto every unit task
+    gradient u_i = g_i / ||g_i|| are equal: a_{2:T} = g_1 U^T (D U^T)^{-1}, a_1 = 1 - sum a_{2:T},
+    D_j = g_1 - g_j, U_j = u_1 - u_j.
+
+    Args:
+        target: ``"representation"`` (the paper computes the gradients w.r.t. the shared feature z)
+            or ``"shared"``.
+
+    Scale-invariant.
+    """
+
+    def __init__(self, num_tasks: int | None = None, target: str = "representation") -> None:
+        super().__init__(num_tasks=num_tasks, target=target)
+
+    def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        return imtl_g_coefficients(gramian)

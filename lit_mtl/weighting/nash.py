@@ -1,0 +1,68 @@
+"""Nash-MTL (Navon et al., ICML 2022): multi-task learning as a bargaining game."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lit_mtl.functional.aggregation import nash_mtl_coefficients
+from lit_mtl.weighting.gradient import GradientWeighting
+
+__all__ = ["NashMTL"]
+
+
+class NashMTL(GradientWeighting):
+    """Nash-MTL, Navon et al. 2022 (https://arxiv.org/abs/2202.01017).
+
+    The Nash bargaining solution d = sum_i alpha_i g_i with alpha > 0 solving G alpha = 1 / alpha
+    (elementwise), found exactly by damped Newton on the strictly convex
+    f(alpha) = alpha^T G alpha / 2 - sum_i log alpha_i (the authors iterate CVXPY problems).
+
+    Args:
+        target: ``"shared"`` (the paper) or ``"representation"``.
+        normalize_gramian: solve with G / ||G||_F, as the authors' code does (scale-invariant);
+            False gives the paper's formula (orthogonal gradients: alpha_i = 1 / ||g_i||).
+        update_weights_every: recompute alpha every k optimizer steps (authors' option; 1 =
+            every step); in between the previous alpha is reused and no gradient is computed.
+
+    The paper clips the update norm at 1: use Lightning's ``gradient_clip_val=1.0``.
+    State: the last alpha and the step counter (checkpointed).
+    """
+
+    def __init__(
+        self,
+        num_tasks: int | None = None,
+        target: str = "shared",
+        normalize_gramian: bool = True,
+        update_weights_every: int = 1,
+    ) -> None:
+        if update_weights_every < 1:
+            raise ValueError(f"update_weights_every must be >= 1, got {update_weights_every}")
+        super().__init__(num_tasks=num_tasks, target=target)
+        self.normalize_gramian = bool(normalize_gramian)
+        self.update_weights_every = int(update_weights_every)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def _build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
+        self.register_buffer("alpha", torch.zeros(num_tasks, dtype=torch.float64))
+
+    def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        return nash_mtl_coefficients(gramian, normalize=self.normalize_gramian)
+
+    def combine(self, losses, *, task_losses, present, representation, shared_params, loss_scale):  # type: ignore[no-untyped-def]
+        reuse = int(self.step) % self.update_weights_every != 0 and bool((self.alpha > 0).any())
+        if reuse:
+            return self._weighted_sum(self.alpha.to(losses.dtype), losses, present)
+        out = super().combine(
+            losses,
+            task_losses=task_losses,
+            present=present,
+            representation=representation,
+            shared_params=shared_params,
+            loss_scale=loss_scale,
+        )
+        self.alpha.copy_(self.last_weights.to(torch.float64))
+        return out
+
+    def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]
+        self.step += 1

@@ -1,0 +1,42 @@
+"""PCGrad (Yu et al., NeurIPS 2020): project conflicting gradients."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lit_mtl.functional.aggregation import pcgrad_coefficients
+from lit_mtl.weighting.gradient import GradientWeighting
+
+__all__ = ["PCGrad"]
+
+
+class PCGrad(GradientWeighting):
+    """Gradient surgery, Yu et al. 2020 (https://arxiv.org/abs/2001.06782).
+
+    For each task i, g_i' = g_i, then for j in a random order over the other tasks:
+    if g_i' . g_j < 0: g_i' -= (g_i' . g_j / ||g_j||^2) g_j. The update is sum_i g_i', which stays
+    a linear combination of the g's; its coefficients are computed exactly from the Gramian.
+
+    Args:
+        target: ``"shared"`` (the paper: shared parameters) or ``"representation"`` (cheaper).
+        seed: the random orders are a pure function of (seed, optimizer step), so every DDP rank
+            draws the same orders and a resumed run draws the ones the uninterrupted run would.
+
+    Scale-invariant. State: the step counter (checkpointed).
+    """
+
+    def __init__(self, num_tasks: int | None = None, target: str = "shared", seed: int = 0) -> None:
+        super().__init__(num_tasks=num_tasks, target=target)
+        self.seed = int(seed)
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+
+    def orders(self, num_tasks: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, int(self.step)])
+        return np.stack([rng.permutation(num_tasks) for _ in range(num_tasks)])
+
+    def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
+        return pcgrad_coefficients(gramian, self.orders(gramian.shape[0]))
+
+    def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]
+        self.step += 1
