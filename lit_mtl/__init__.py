@@ -1,9 +1,23 @@
 """lit_mtl: PyTorch Lightning building blocks for multi-task and transfer learning."""
 
-from lit_mtl.data import MultiTaskTensorDataset, SyntheticDataModule
+from lit_mtl.data import (
+    DigitsDataModule,
+    DigitsOverlayDataModule,
+    MNIST1DDataModule,
+    MultiMNISTDataModule,
+    MultiTaskTensorDataset,
+    SyntheticDataModule,
+    TorchvisionDataModule,
+)
 from lit_mtl.encoders import CNNEncoder, Conv1dEncoder, Encoder, MLPEncoder, TorchvisionEncoder
 from lit_mtl.multitask import MultiTaskModule, unpack_batch
 from lit_mtl.tasks import IGNORE_INDEX, Task, TaskSpec
+from lit_mtl.transfer import (
+    TransferModule,
+    UnfreezeSchedule,
+    UnfreezeScheduleCallback,
+    load_source_into,
+)
 from lit_mtl.weighting import (
     DWA,
     FAMO,
@@ -37,11 +51,15 @@ __all__ = [
     "CAGrad",
     "CNNEncoder",
     "Conv1dEncoder",
+    "DigitsDataModule",
+    "DigitsOverlayDataModule",
     "Encoder",
     "EqualWeighting",
     "GradNorm",
     "GradientWeighting",
     "MLPEncoder",
+    "MNIST1DDataModule",
+    "MultiMNISTDataModule",
     "MultiTaskModule",
     "MultiTaskTensorDataset",
     "NashMTL",
@@ -50,9 +68,14 @@ __all__ = [
     "SyntheticDataModule",
     "Task",
     "TaskSpec",
+    "TorchvisionDataModule",
     "TorchvisionEncoder",
+    "TransferModule",
     "UncertaintyWeighting",
+    "UnfreezeSchedule",
+    "UnfreezeScheduleCallback",
     "Weighting",
     "__version__",
+    "load_source_into",
     "unpack_batch",
 ]

@@ -114,3 +114,54 @@ def test_bad_config_value_names_the_key(tmp_path: Path) -> None:
         tmp_path,
     )
     assert out.returncode != 0 and "num_classes must be >= 2" in out.stderr
+
+
+WEIGHTINGS = [
+    "EqualWeighting",
+    "UncertaintyWeighting",
+    "DWA",
+    "RLW",
+    "FAMO",
+    "GradNorm",
+    "MGDA",
+    "MGDAUB",
+    "PCGrad",
+    "CAGrad",
+    "IMTLG",
+    "NashMTL",
+    "AlignedMTL",
+]
+
+
+@pytest.mark.parametrize("name", WEIGHTINGS)
+def test_every_weighting_by_cli_override(name: str, tmp_path: Path) -> None:
+    """The README's one-line method switch works for every method."""
+    config = ROOT / "configs" / "gradnorm.yaml"
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            f"--model.init_args.weighting=lit_mtl.{name}",
+            *FAST,
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert type(cli.model.weighting).__name__ == name
+    assert cli.trainer.global_step > 0
+
+
+def test_cli_override_of_a_method_argument(tmp_path: Path) -> None:
+    config = ROOT / "configs" / "gradnorm.yaml"
+    cli = build_cli(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--model.init_args.weighting=lit_mtl.CAGrad",
+            "--model.init_args.weighting.c=0.5",
+            *FAST,
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
+    assert cli.model.weighting.c == 0.5

@@ -9,7 +9,19 @@ import lightning as L
 import pytest
 import torch
 
-from lit_mtl import MLPEncoder, MultiTaskModule, UncertaintyWeighting
+from lit_mtl import (
+    DWA,
+    FAMO,
+    MGDAUB,
+    RLW,
+    GradNorm,
+    MLPEncoder,
+    MultiTaskModule,
+    NashMTL,
+    PCGrad,
+    UncertaintyWeighting,
+    Weighting,
+)
 
 from conftest import fast_trainer, small_data
 
@@ -25,20 +37,31 @@ class SaveStatePerRank(L.Callback):
         torch.save(state, self.directory / f"rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
-def test_ddp_ranks_stay_identical(tmp_path: Path, precision: str) -> None:
+#: one method per family, and the state that must move and stay identical across ranks
+FAMILIES: dict[str, tuple[type[Weighting], str]] = {
+    "uncertainty (learned parameters)": (UncertaintyWeighting, "weighting.log_vars"),
+    "gradnorm (own update, last layer)": (GradNorm, "weighting.w"),
+    "famo (losses after the step)": (FAMO, "weighting.logits"),
+    "dwa (epoch statistics)": (DWA, "weighting.history"),
+    "rlw (seeded draws)": (RLW, "weighting.step"),
+    "mgda-ub (Gramian of z, summed)": (MGDAUB, "encoder.blocks.0.0.weight"),
+    "pcgrad (parameter gradients, averaged)": (PCGrad, "weighting.step"),
+    "nash-mtl (solver state)": (NashMTL, "weighting.alpha"),
+}
+
+
+def _fit_ddp(tmp_path: Path, weighting: Weighting, precision: str) -> tuple[dict, dict, dict]:
     L.seed_everything(0)
-    dm = small_data(num_train=256, batch_size=32)
+    dm = small_data(num_train=256, batch_size=32, missing_fraction={"reg1": 0.3})
     module = MultiTaskModule(
         MLPEncoder(dm.in_features, [16, 16]),
         dm.task_specs,
-        UncertaintyWeighting(),
+        weighting,
         optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
     )
-    before = module.weighting.log_vars.detach().clone()
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
     trainer = fast_trainer(
-        max_epochs=2,
+        max_epochs=3,
         devices=2,
         strategy="ddp_spawn",
         precision=precision,
@@ -47,7 +70,23 @@ def test_ddp_ranks_stay_identical(tmp_path: Path, precision: str) -> None:
     trainer.fit(module, dm)
     rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    return before, rank0, rank1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_ddp_ranks_stay_identical(tmp_path: Path, family: str) -> None:
+    factory, moving = FAMILIES[family]
+    before, rank0, rank1 = _fit_ddp(tmp_path, factory(), "32-true")
     assert rank0.keys() == rank1.keys()
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
-    assert not torch.equal(rank0["weighting.log_vars"], before)  # the weighting did train
+    assert not torch.equal(rank0[moving], before[moving])  # the state did change
+
+
+@pytest.mark.slow
+def test_ddp_bf16_ranks_stay_identical(tmp_path: Path) -> None:
+    before, rank0, rank1 = _fit_ddp(tmp_path, GradNorm(), "bf16-mixed")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert not torch.equal(rank0["weighting.w"], before["weighting.w"])

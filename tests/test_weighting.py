@@ -329,16 +329,25 @@ def test_gradient_methods_apply_the_coefficients_to_the_task_gradients() -> None
     problem = Problem()
     params = list(problem.encoder.parameters())
     for factory in (MGDA, PCGrad, CAGrad, NashMTL, AlignedMTL, lambda: IMTLG(target="shared")):
-        w = factory()
-        w.bind(["a", "b", "c"], KINDS)
-        losses, _ = problem.losses()
-        per_task = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
-        out = w(losses, shared_params=params)
-        got = torch.autograd.grad(out, params)
-        c = w.last_weights
-        for k, g in enumerate(got):
-            expected = sum(c[i] * per_task[i][k] for i in range(3))
-            assert torch.allclose(g, expected, atol=1e-6)
+        for with_z in (False, True):  # T encoder backwards / one batched pull-back from z
+            w = factory()
+            w.bind(["a", "b", "c"], KINDS)
+            losses, z = problem.losses()
+            per_task = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
+            jac = torch.stack([torch.cat([g.flatten() for g in row]) for row in per_task])
+            out = w(losses, shared_params=params, representation=z if with_z else None)
+            got = torch.autograd.grad(out, params)
+            c = w.last_weights
+            for k, g in enumerate(got):
+                expected = sum(c[i] * per_task[i][k] for i in range(3))
+                assert torch.allclose(g, expected, atol=1e-6)
+            # and c is the method's own function of that Jacobian's Gramian
+            fresh = factory()
+            fresh.bind(["a", "b", "c"], KINDS)
+            ref = fresh.coefficients(
+                (jac @ jac.T).double().numpy(), torch.stack(losses).detach().double().numpy()
+            )
+            assert c.double().numpy() == pytest.approx(ref, rel=1e-4, abs=1e-6)
 
 
 def test_mgda_ub_coefficients_match_min_norm_of_representation_gradients() -> None:

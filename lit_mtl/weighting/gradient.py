@@ -110,6 +110,7 @@ class GradientWeighting(Weighting):
             raise ValueError(f"target must be a non-empty string, got {target!r}")
         self.target = target
         self._target_params: list[nn.Parameter] | None = None
+        self._warned_batched = False
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long))
 
     def _bind_encoder(self, encoder: nn.Module) -> None:
@@ -126,42 +127,97 @@ class GradientWeighting(Weighting):
         shared_params: Sequence[Tensor] | None,
         loss_scale: Tensor | float | None,
     ) -> Tensor:
-        """(T, P) float32 matrix of per-task gradients of the shared target (0 for absent tasks)."""
-        if self.target == "representation":
-            if representation is None:
-                raise ValueError(
-                    f"{type(self).__name__}(target='representation') needs representation=z "
-                    "(the shared encoder output) in the call"
-                )
-            inputs: list[Tensor] = [representation]
-        else:
-            params = shared_params if shared_params is not None else self._target_params
-            if params is None:
+        """(T, P) float32 matrix of per-task gradients of the shared target (0 for absent tasks).
+
+        With the representation z at hand, the per-task gradients w.r.t. z are computed first (T
+        calls through the heads only); for a parameter target they are then pulled back through
+        the encoder in *one* batched vector-Jacobian product (``is_grads_batched=True``), as
+        TorchJD's ``mtl_backward`` does, instead of T encoder backwards.
+        """
+        params: list[Tensor] | None = None
+        if self.target != "representation":
+            chosen = shared_params if shared_params is not None else self._target_params
+            if chosen is None:
                 raise ValueError(
                     f"{type(self).__name__}(target={self.target!r}) needs shared_params=... in the "
                     "call or an encoder given to bind() (MultiTaskModule does this)"
                 )
-            inputs = list(params)
-        size = sum(t.numel() for t in inputs)
-        device = inputs[0].device
-        rows: list[Tensor] = []
-        flags = present.tolist()
-        for i, loss in enumerate(task_losses):
-            if not flags[i] or not loss.requires_grad:
-                rows.append(torch.zeros(size, device=device))
-                continue
-            scaled = loss * loss_scale if loss_scale is not None else loss
-            grads = torch.autograd.grad(scaled, inputs, retain_graph=True, allow_unused=True)
-            flat = torch.cat(
-                [
-                    (g if g is not None else torch.zeros_like(t)).reshape(-1).float()
-                    for g, t in zip(grads, inputs, strict=True)
-                ]
+            params = [p for p in chosen if p.requires_grad]  # frozen groups are not a target
+            if not params:
+                raise ValueError(
+                    f"{type(self).__name__}(target={self.target!r}): every target parameter is "
+                    "frozen; use target='representation' while the encoder is frozen"
+                )
+        elif representation is None:
+            raise ValueError(
+                f"{type(self).__name__}(target='representation') needs representation=z "
+                "(the shared encoder output) in the call"
             )
-            if loss_scale is not None:
-                flat = flat / loss_scale
-            rows.append(flat)
-        return torch.stack(rows)  # (T, P)
+        flags = present.tolist()
+        scaled = [loss * loss_scale if loss_scale is not None else loss for loss in task_losses]
+        if representation is not None and representation.requires_grad:
+            gz = self._grads_of(scaled, flags, [representation])[0]  # (T, *z.shape)
+            if params is None:
+                jac = gz.reshape(gz.shape[0], -1).float()
+            else:
+                jac = self._pull_back(representation, gz, params, scaled, flags)
+        else:
+            assert params is not None
+            rows = self._grads_of(scaled, flags, params)
+            jac = torch.cat([r.reshape(r.shape[0], -1).float() for r in rows], dim=1)
+        if loss_scale is not None:
+            jac = jac / loss_scale
+        return jac  # (T, P)
+
+    @staticmethod
+    def _grads_of(
+        losses: Sequence[Tensor], flags: list[bool], inputs: list[Tensor]
+    ) -> list[Tensor]:
+        """Per input, the (T, *input.shape) stack of d loss_i / d input (zeros where absent)."""
+        per_input: list[list[Tensor]] = [[] for _ in inputs]
+        for flag, loss in zip(flags, losses, strict=True):
+            if flag and loss.requires_grad:
+                grads = torch.autograd.grad(loss, inputs, retain_graph=True, allow_unused=True)
+            else:
+                grads = (None,) * len(inputs)
+            for k, (g, t) in enumerate(zip(grads, inputs, strict=True)):
+                per_input[k].append(torch.zeros_like(t) if g is None else g)
+        return [torch.stack(rows) for rows in per_input]
+
+    def _pull_back(
+        self,
+        representation: Tensor,
+        gz: Tensor,
+        params: list[Tensor],
+        losses: Sequence[Tensor],
+        flags: list[bool],
+    ) -> Tensor:
+        """J (T, P) = the T vector-Jacobian products of dz/dparams with the rows of gz."""
+        try:
+            grads = torch.autograd.grad(
+                representation,
+                params,
+                grad_outputs=gz.to(representation.dtype),
+                retain_graph=True,
+                allow_unused=True,
+                is_grads_batched=True,
+            )
+        except RuntimeError as err:  # an op without a vmap rule: one backward per task
+            if not self._warned_batched:
+                log.warning(
+                    "%s: batched backward failed (%s); using T backwards", type(self).__name__, err
+                )
+                self._warned_batched = True
+            grads = tuple(self._grads_of(losses, flags, params))
+        return torch.cat(
+            [
+                (g if g is not None else torch.zeros((gz.shape[0], *p.shape), device=gz.device))
+                .reshape(gz.shape[0], -1)
+                .float()
+                for g, p in zip(grads, params, strict=True)
+            ],
+            dim=1,
+        )
 
     def reduced_gramian(self, jacobian: Tensor) -> Tensor:
         """G = J J^T made identical across DDP ranks (sum for z, mean of J for parameters)."""

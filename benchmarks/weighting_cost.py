@@ -1,0 +1,273 @@
+"""Cost of every weighting method per training step, relative to equal weighting, side by side.
+
+Fixed CPU model: the GradNorm toy trunk (250 -> 4 x 100 ReLU) with one Linear(100, 100) head per
+task, batch 256, squared loss, SGD; T = 2 and T = 10. Each method runs the same plain training step
+(forward, the weighting, backward, optimizer step, the weighting's hooks), so the numbers measure
+the methods, not Lightning. Methods are interleaved round-robin over several rounds and each
+round's time is divided by equal weighting's time *in the same round*; the table reports the
+median ratio. Where TorchJD implements the same aggregator (MGDA, PCGrad, IMTL-G, Aligned-MTL,
+CAGrad, Nash-MTL) its step (``mtl_backward`` + ``jac_to_grad``, on all shared parameters) is
+timed in the same rounds, next to ours on the same target ("shared").
+
+Peak memory: each method runs alone in a fresh subprocess for a few steps; the reported number is
+that process's peak resident set size minus the equal-weighting process's (MiB).
+
+    pip install "torchjd[full]"     # optional, only for the comparison columns
+    python benchmarks/weighting_cost.py   # writes benchmarks/results/weighting_cost.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lit_mtl import (
+    DWA,
+    FAMO,
+    IMTLG,
+    MGDA,
+    MGDAUB,
+    RLW,
+    AlignedMTL,
+    CAGrad,
+    EqualWeighting,
+    GradNorm,
+    NashMTL,
+    PCGrad,
+    UncertaintyWeighting,
+    Weighting,
+)
+
+OURS: dict[str, Callable[[], Weighting]] = {
+    "equal": EqualWeighting,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DWA,
+    "rlw": RLW,
+    "famo": FAMO,
+    "gradnorm (last shared layer)": GradNorm,
+    "mgda-ub (representation)": MGDAUB,
+    "pcgrad (representation)": lambda: PCGrad(target="representation"),
+    "cagrad (representation)": lambda: CAGrad(target="representation"),
+    "imtl-g (representation)": IMTLG,
+    "nash-mtl (representation)": lambda: NashMTL(target="representation"),
+    "aligned-mtl (representation)": lambda: AlignedMTL(target="representation"),
+    "mgda (shared)": MGDA,
+    "pcgrad (shared)": PCGrad,
+    "cagrad (shared)": CAGrad,
+    "imtl-g (shared)": lambda: IMTLG(target="shared"),
+    "nash-mtl (shared)": NashMTL,
+    "aligned-mtl (shared)": AlignedMTL,
+}
+#: our method name -> the TorchJD aggregator implementing the same thing on shared parameters
+TORCHJD_SAME = {
+    "mgda (shared)": "MGDA",
+    "pcgrad (shared)": "PCGrad",
+    "cagrad (shared)": "CAGrad",
+    "imtl-g (shared)": "IMTLG",
+    "nash-mtl (shared)": "NashMTL",
+    "aligned-mtl (shared)": "AlignedMTL",
+}
+
+
+class ToyModel(nn.Module):
+    def __init__(self, num_tasks: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 250
+        for _ in range(4):
+            layers += [nn.Linear(width, 100), nn.ReLU()]
+            width = 100
+        self.encoder = nn.Sequential(*layers)
+        self.heads = nn.ModuleList([nn.Linear(100, 100) for _ in range(num_tasks)])
+
+    def losses(
+        self, x: torch.Tensor, ys: list[torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        z = self.encoder(x)  # (N, 100)
+        return [((head(z) - y) ** 2).mean() for head, y in zip(self.heads, ys, strict=True)], z
+
+
+def make_ours(name: str, num_tasks: int) -> tuple[ToyModel, Weighting, Callable[[], None]]:
+    torch.manual_seed(0)
+    model = ToyModel(num_tasks)
+    weighting = OURS[name]()
+    weighting.bind(
+        [f"t{i}" for i in range(num_tasks)], ["regression"] * num_tasks, encoder=model.encoder
+    )
+    params = list(model.parameters()) + list(weighting.parameters())
+    opt = torch.optim.SGD(params, lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(256, 250, generator=gen)
+    ys = [torch.randn(256, 100, generator=gen) for _ in range(num_tasks)]
+
+    def recompute() -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            losses, _ = model.losses(x, ys)
+        return torch.stack(losses), torch.ones(num_tasks, dtype=torch.bool)
+
+    def step() -> None:
+        losses, z = model.losses(x, ys)
+        opt.zero_grad(set_to_none=True)
+        weighting(losses, representation=z).backward()
+        opt.step()
+        weighting.on_optimizer_step(recompute if weighting.needs_losses_after_step else None)
+
+    return model, weighting, step
+
+
+def make_torchjd(name: str, num_tasks: int) -> Callable[[], None]:
+    import torchjd.aggregation as agg
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    torch.manual_seed(0)
+    model = ToyModel(num_tasks)
+    aggregator = {
+        "MGDA": lambda: agg.MGDA(),
+        "PCGrad": lambda: agg.PCGrad(),
+        "CAGrad": lambda: agg.CAGrad(c=0.4),
+        "IMTLG": lambda: agg.IMTLG(),
+        "NashMTL": lambda: agg.NashMTL(n_tasks=num_tasks),
+        "AlignedMTL": lambda: agg.AlignedMTL(),
+    }[name]()
+    shared = list(model.encoder.parameters())
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(256, 250, generator=gen)
+    ys = [torch.randn(256, 100, generator=gen) for _ in range(num_tasks)]
+
+    def step() -> None:
+        losses, z = model.losses(x, ys)
+        opt.zero_grad(set_to_none=True)
+        mtl_backward(losses, features=z)
+        jac_to_grad(shared, aggregator)
+        opt.step()
+
+    return step
+
+
+def time_steps(step: Callable[[], None], steps: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - start) / steps
+
+
+def peak_rss_mib(kind: str, name: str, num_tasks: int, steps: int = 5) -> float:
+    """Peak RSS of a fresh process running `steps` steps of one method (MiB)."""
+    code = (
+        "import sys, resource, torch; sys.path.insert(0, 'benchmarks'); torch.set_num_threads(2);"
+        "import weighting_cost as b;"
+        f"step = b.make_ours({name!r}, {num_tasks})[2] if {kind!r} == 'ours' "
+        f"else b.make_torchjd({name!r}, {num_tasks});"
+        f"[step() for _ in range({steps})];"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/weighting_cost.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    try:
+        import torchjd  # noqa: F401
+
+        have_torchjd = True
+    except ImportError:
+        have_torchjd = False
+        print("torchjd not installed: comparison columns left empty", file=sys.stderr)
+
+    rows = []
+    for num_tasks in args.tasks:
+        runners: dict[str, Callable[[], None]] = {n: make_ours(n, num_tasks)[2] for n in OURS}
+        if have_torchjd:
+            for _ours, theirs in TORCHJD_SAME.items():
+                runners[f"torchjd {theirs}"] = make_torchjd(theirs, num_tasks)
+        for step in runners.values():  # warm-up
+            time_steps(step, 3)
+        ratios: dict[str, list[float]] = {n: [] for n in runners}
+        seconds: dict[str, list[float]] = {n: [] for n in runners}
+        for _ in range(args.rounds):
+            base = time_steps(runners["equal"], args.steps)
+            for name, step in runners.items():
+                t = base if name == "equal" else time_steps(step, args.steps)
+                seconds[name].append(t)
+                ratios[name].append(t / base)
+        equal_rss = None if args.no_memory else peak_rss_mib("ours", "equal", num_tasks)
+        for name in OURS:
+            row = {
+                "num_tasks": num_tasks,
+                "method": name,
+                "ms_per_step": 1e3 * statistics.median(seconds[name]),
+                "ratio_to_equal": statistics.median(ratios[name]),
+            }
+            if equal_rss is not None:
+                row["extra_peak_rss_mib"] = peak_rss_mib("ours", name, num_tasks) - equal_rss
+            if have_torchjd and name in TORCHJD_SAME:
+                key = f"torchjd {TORCHJD_SAME[name]}"
+                row["torchjd_ratio_to_equal"] = statistics.median(ratios[key])
+                row["torchjd_over_ours"] = statistics.median(
+                    [a / b for a, b in zip(seconds[key], seconds[name], strict=True)]
+                )
+                if equal_rss is not None:
+                    row["torchjd_extra_peak_rss_mib"] = (
+                        peak_rss_mib("torchjd", TORCHJD_SAME[name], num_tasks) - equal_rss
+                    )
+            rows.append(row)
+            print(row, file=sys.stderr)
+
+    lines = [
+        "| T | method | ms / step | x equal | extra peak RSS (MiB) | TorchJD x equal | "
+        "TorchJD / ours |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tj = r.get("torchjd_ratio_to_equal")
+        lines.append(
+            f"| {r['num_tasks']} | {r['method']} | {r['ms_per_step']:.2f} | "
+            f"{r['ratio_to_equal']:.2f} | "
+            f"{r.get('extra_peak_rss_mib', float('nan')):.0f} | "
+            + (f"{tj:.2f} | {r['torchjd_over_ours']:.2f} |" if tj is not None else "- | - |")
+        )
+    table = "\n".join(lines)
+    print(table)
+    command = "python benchmarks/weighting_cost.py " + " ".join(
+        [
+            f"--tasks {' '.join(map(str, args.tasks))}",
+            f"--rounds {args.rounds}",
+            f"--steps {args.steps}",
+        ]
+        + (["--no-memory"] if args.no_memory else [])
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": command,
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+                "rows": rows,
+                "markdown": table,
+            },
+            indent=1,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""Transfer learning: safe source loading, unfreezing schedules, discriminative LR, L2-SP."""
+
+from lit_mtl.transfer.l2sp import l2sp_penalty
+from lit_mtl.transfer.loading import (
+    CheckpointMismatchError,
+    LoadReport,
+    UnsafeCheckpointError,
+    load_source_into,
+    map_keys,
+    read_state_dict,
+)
+from lit_mtl.transfer.module import TransferModule, resolve_layer_groups
+from lit_mtl.transfer.schedule import (
+    UnfreezeSchedule,
+    UnfreezeScheduleCallback,
+    discriminative_factors,
+)
+
+__all__ = [
+    "CheckpointMismatchError",
+    "LoadReport",
+    "TransferModule",
+    "UnfreezeSchedule",
+    "UnfreezeScheduleCallback",
+    "UnsafeCheckpointError",
+    "discriminative_factors",
+    "l2sp_penalty",
+    "load_source_into",
+    "map_keys",
+    "read_state_dict",
+    "resolve_layer_groups",
+]

@@ -1,0 +1,220 @@
+"""Load source weights safely and explicitly: formats, key mapping, strict matching, a report.
+
+Formats: Lightning ``.ckpt`` (its ``state_dict``), plain ``state_dict`` files (``.pt``, ``.pth``,
+``.bin``; also ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers) and ``.safetensors``. Pickle
+files are always read with ``torch.load(..., weights_only=True)``: a file that needs arbitrary
+unpickling is refused (its code never runs) with an error that says how to convert it.
+
+Key handling, in order: ``module.`` and ``_orig_mod.`` (DDP / ``torch.compile`` wrappers) are
+stripped wherever they occur; ``prefix`` selects a sub-tree and strips it (e.g. ``encoder.`` of a
+MultiTaskModule checkpoint); ``rename`` maps key prefixes (``{"old.": "new."}``); ``skip`` drops
+keys equal to, or starting with, the given strings (e.g. a head with another class count).
+
+Strict by default: one error lists the missing, unexpected and shape-mismatched keys (the first
+few of each, with counts).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "CheckpointMismatchError",
+    "LoadReport",
+    "UnsafeCheckpointError",
+    "load_source_into",
+    "map_keys",
+    "read_state_dict",
+]
+
+log = logging.getLogger(__name__)
+_WRAPPER = re.compile(r"(^|\.)(module|_orig_mod)\.")
+_SHOW = 5
+
+
+class UnsafeCheckpointError(ValueError):
+    """The file holds pickled objects that only full (unsafe) unpickling could restore."""
+
+
+class CheckpointMismatchError(KeyError):
+    """Strict loading found missing, unexpected or shape-mismatched keys."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it as written
+        return str(self.args[0])
+
+
+@dataclass
+class LoadReport:
+    """What a load did: keys loaded, skipped by request, missing and unexpected (non-strict)."""
+
+    path: str
+    loaded: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"loaded {len(self.loaded)} tensors from {self.path}; skipped {len(self.skipped)}, "
+            f"missing {len(self.missing)}, unexpected {len(self.unexpected)}"
+        )
+
+
+def _strip_wrappers(key: str) -> str:
+    previous = None
+    while previous != key:
+        previous, key = key, _WRAPPER.sub(r"\1", key)
+    return key
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read a tensor dict from a .ckpt / .pt / .pth / .bin / .safetensors file (safely)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"source checkpoint {str(path)!r} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"source checkpoint {str(path)!r} is a directory, not a file")
+    if path.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+        except ImportError as err:  # pragma: no cover - dependency declared
+            raise ImportError("reading .safetensors needs: pip install safetensors") from err
+        try:
+            return dict(load_file(str(path)))
+        except Exception as err:
+            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights_only" in str(err) or "Unsupported global" in str(err):
+            raise UnsafeCheckpointError(
+                f"{str(path)!r} contains pickled Python objects that torch.load(weights_only=True) "
+                "refuses to rebuild (loading them would run code from the file). If you trust "
+                "the file, convert it once in a separate process: obj = torch.load(path, "
+                "weights_only=False); torch.save(obj.state_dict() if hasattr(obj, 'state_dict') "
+                f"else obj['state_dict'], 'converted.pt'). torch said: {str(err)[:300]}"
+            ) from err
+        raise ValueError(f"{str(path)!r} is corrupt or not a PyTorch file: {err}") from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(
+            f"{str(path)!r} is truncated, corrupt or not a PyTorch checkpoint: {err}"
+        ) from err
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{str(path)!r} holds no state_dict (a mapping of names to tensors); found "
+            f"{type(obj).__name__}"
+        )
+    return dict(obj)
+
+
+def map_keys(
+    state: Mapping[str, Tensor],
+    prefix: str | None = None,
+    rename: Mapping[str, str] | None = None,
+    skip: Sequence[str] = (),
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Apply the key mapping (see module docstring); returns (mapped state, skipped keys)."""
+    out: dict[str, Tensor] = {}
+    skipped: list[str] = []
+    for raw_key, value in state.items():
+        key = _strip_wrappers(raw_key)
+        if prefix:
+            if not key.startswith(prefix):
+                continue
+            key = key[len(prefix) :]
+        for old, new in (rename or {}).items():
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        if any(key == s or key.startswith(s) for s in skip):
+            skipped.append(key)
+            continue
+        if key in out:
+            raise ValueError(f"two source keys map to {key!r} (check prefix/rename)")
+        out[key] = value
+    return out, skipped
+
+
+def _few(keys: Sequence[str]) -> str:
+    shown = ", ".join(keys[:_SHOW])
+    return f"{len(keys)} ({shown}{', ...' if len(keys) > _SHOW else ''})"
+
+
+def load_source_into(
+    target: nn.Module,
+    path: str | Path,
+    prefix: str | None = None,
+    rename: Mapping[str, str] | None = None,
+    skip: Sequence[str] = (),
+    strict: bool = True,
+) -> LoadReport:
+    """Load the source weights at ``path`` into ``target`` and return a :class:`LoadReport`.
+
+    Strict (default): any missing key (a target key not in the source and not skipped),
+    unexpected key or shape mismatch raises one :class:`CheckpointMismatchError` listing them.
+    ``strict=False`` loads what matches and reports the rest (never silently: it is logged).
+    """
+    source, skipped = map_keys(read_state_dict(path), prefix, rename, skip)
+    own = target.state_dict()
+    skip_own = [k for k in own if any(k == s or k.startswith(s) for s in skip)]
+    missing = [k for k in own if k not in source and k not in skip_own]
+    unexpected = [k for k in source if k not in own]
+    mismatched = [
+        f"{k}: source {tuple(source[k].shape)} vs target {tuple(own[k].shape)}"
+        for k in source
+        if k in own and source[k].shape != own[k].shape
+    ]
+    if strict and (missing or unexpected or mismatched):
+        lines = [
+            f"source {str(path)!r} does not match {type(target).__name__}"
+            + (f" (prefix {prefix!r})" if prefix else "")
+            + ":"
+        ]
+        if missing:
+            lines.append(f"  missing in source: {_few(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected in source: {_few(unexpected)}")
+        if mismatched:
+            lines.append(f"  shape mismatch: {_few(mismatched)}")
+        lines.append(
+            "  use prefix=/rename= to map keys, skip= for keys expected to differ, "
+            "or strict=False to load the matching part"
+        )
+        raise CheckpointMismatchError("\n".join(lines))
+    loadable = {
+        k: v.to(dtype=own[k].dtype)
+        for k, v in source.items()
+        if k in own and v.shape == own[k].shape
+    }
+    with torch.no_grad():
+        for k, v in loadable.items():
+            own[k].copy_(v)
+    report = LoadReport(
+        path=str(path),
+        loaded=sorted(loadable),
+        skipped=sorted(set(skipped) | set(skip_own)),
+        missing=missing,
+        unexpected=unexpected + [m.split(":")[0] for m in mismatched],
+    )
+    log.info("%s", report.summary())
+    if not strict and (report.missing or report.unexpected):
+        log.warning(
+            "non-strict load: missing %s; unexpected/mismatched %s",
+            _few(report.missing),
+            _few(report.unexpected),
+        )
+    return report

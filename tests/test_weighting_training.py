@@ -1,0 +1,112 @@
+"""Weightings inside MultiTaskModule training: resume, accumulation, missing labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from test_weighting import METHODS
+
+from lit_mtl import DWA, FAMO, MGDAUB, RLW, CAGrad, GradNorm, NashMTL, PCGrad
+
+from conftest import fast_trainer, small_data, small_module
+
+STATEFUL = {
+    "gradnorm": GradNorm,
+    "dwa": DWA,
+    "famo": FAMO,
+    "pcgrad": PCGrad,
+    "rlw": RLW,
+    "nash_mtl": lambda: NashMTL(update_weights_every=2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL))
+def test_resumed_run_continues_identically(name: str, tmp_path: Path) -> None:
+    def run(max_epochs: int, ckpt_path=None, save: bool = False):  # type: ignore[no-untyped-def]
+        L.seed_everything(0)
+        dm = small_data()
+        module = small_module(dm, STATEFUL[name]())
+        callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True)] if save else []
+        trainer = fast_trainer(
+            max_epochs=max_epochs,
+            callbacks=callbacks,
+            enable_checkpointing=save,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, dm, ckpt_path=ckpt_path)
+        return module
+
+    full = run(4)
+    run(2, save=True)
+    resumed = run(4, ckpt_path=tmp_path / "last.ckpt")
+    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key
+
+
+def test_gradnorm_and_famo_update_once_per_optimizer_step() -> None:
+    for factory in (GradNorm, FAMO):
+        L.seed_everything(0)
+        dm = small_data()  # 8 batches per epoch
+        module = small_module(dm, factory())
+        state = (
+            module.weighting.w
+            if isinstance(module.weighting, GradNorm)
+            else (module.weighting.logits)
+        )
+        changes = []
+
+        class Watch(L.Callback):
+            def __init__(self, state: torch.Tensor, changes: list) -> None:
+                self.state, self.changes = state, changes
+
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # type: ignore[no-untyped-def]
+                self.before = self.state.clone()
+
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
+                self.changes.append(not torch.equal(self.before, self.state))
+
+        trainer = fast_trainer(
+            max_epochs=1,
+            accumulate_grad_batches=4,
+            gradient_clip_val=1.0,
+            callbacks=[Watch(state, changes)],
+        )
+        trainer.fit(module, dm)
+        assert trainer.global_step == 2
+        assert changes == [False, False, False, True] * 2, factory
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_trains_with_missing_labels(name: str) -> None:
+    L.seed_everything(0)
+    # 90% of reg1 missing: with batches of 8 some batches have no reg1 label at all
+    dm = small_data(missing_fraction={"reg1": 0.9, "cls0": 0.5}, batch_size=8)
+    module = small_module(dm, METHODS[name]())
+    weights_seen = []
+
+    class Watch(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):  # type: ignore[no-untyped-def]
+            weights_seen.append(pl_module.weighting.last_weights.clone())
+
+    fast_trainer(max_epochs=1, callbacks=[Watch()]).fit(module, dm)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    assert all(torch.isfinite(w).all() for w in weights_seen)
+    assert any(w[1].item() == 0.0 for w in weights_seen)  # a batch without reg1 labels
+
+
+def test_gradient_methods_on_named_and_all_shared_targets() -> None:
+    for weighting in (
+        PCGrad(target="shared"),
+        CAGrad(target="blocks.0"),
+        GradNorm(target="blocks.1.0.weight"),
+        MGDAUB(),
+    ):
+        L.seed_everything(0)
+        dm = small_data()
+        module = small_module(dm, weighting)
+        fast_trainer(max_epochs=1).fit(module, dm)
+        assert all(torch.isfinite(p).all() for p in module.parameters())
