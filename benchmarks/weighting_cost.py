@@ -9,8 +9,10 @@ median ratio. Where TorchJD implements the same aggregator (MGDA, PCGrad, IMTL-G
 CAGrad, Nash-MTL) its step (``mtl_backward`` + ``jac_to_grad``, on all shared parameters) is
 timed in the same rounds, next to ours on the same target ("shared").
 
-Peak memory: each method runs alone in a fresh subprocess for a few steps; the reported number is
-that process's peak resident set size minus the equal-weighting process's (MiB).
+Memory: the extra tensors a method holds during a step (per-task gradients w.r.t. z and, for a
+parameter target, the T x P Jacobian), computed from the shapes. (Peak RSS of a fresh process was
+tried first: at this model size it is dominated by the interpreter and libraries and showed no
+difference.)
 
     pip install "torchjd[full]"     # optional, only for the comparison columns
     python benchmarks/weighting_cost.py   # writes benchmarks/results/weighting_cost.json
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -90,10 +91,15 @@ class ToyModel(nn.Module):
         self.heads = nn.ModuleList([nn.Linear(100, 100) for _ in range(num_tasks)])
 
     def losses(
-        self, x: torch.Tensor, ys: list[torch.Tensor]
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        self, x: torch.Tensor, ys: list[torch.Tensor], views: bool = False
+    ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor] | None]:
+        """Task losses, z, and (as MultiTaskModule does for gradient methods) per-task views."""
         z = self.encoder(x)  # (N, 100)
-        return [((head(z) - y) ** 2).mean() for head, y in zip(self.heads, ys, strict=True)], z
+        zs = [z.view_as(z) for _ in self.heads] if views else [z] * len(self.heads)
+        losses = [
+            ((head(zi) - y) ** 2).mean() for head, zi, y in zip(self.heads, zs, ys, strict=True)
+        ]
+        return losses, z, zs if views else None
 
 
 def make_ours(name: str, num_tasks: int) -> tuple[ToyModel, Weighting, Callable[[], None]]:
@@ -103,6 +109,8 @@ def make_ours(name: str, num_tasks: int) -> tuple[ToyModel, Weighting, Callable[
     weighting.bind(
         [f"t{i}" for i in range(num_tasks)], ["regression"] * num_tasks, encoder=model.encoder
     )
+    if hasattr(weighting, "bind_heads"):  # as MultiTaskModule does: heads differentiated once
+        weighting.bind_heads(list(model.heads))
     params = list(model.parameters()) + list(weighting.parameters())
     opt = torch.optim.SGD(params, lr=1e-3)
     gen = torch.Generator().manual_seed(1)
@@ -111,13 +119,15 @@ def make_ours(name: str, num_tasks: int) -> tuple[ToyModel, Weighting, Callable[
 
     def recompute() -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            losses, _ = model.losses(x, ys)
+            losses, _, _ = model.losses(x, ys)
         return torch.stack(losses), torch.ones(num_tasks, dtype=torch.bool)
 
+    views = weighting.uses_task_representations
+
     def step() -> None:
-        losses, z = model.losses(x, ys)
+        losses, z, zs = model.losses(x, ys, views=views)
         opt.zero_grad(set_to_none=True)
-        weighting(losses, representation=z).backward()
+        weighting(losses, representation=z, task_representations=zs).backward()
         opt.step()
         weighting.on_optimizer_step(recompute if weighting.needs_losses_after_step else None)
 
@@ -145,7 +155,7 @@ def make_torchjd(name: str, num_tasks: int) -> Callable[[], None]:
     ys = [torch.randn(256, 100, generator=gen) for _ in range(num_tasks)]
 
     def step() -> None:
-        losses, z = model.losses(x, ys)
+        losses, z, _ = model.losses(x, ys)
         opt.zero_grad(set_to_none=True)
         mtl_backward(losses, features=z)
         jac_to_grad(shared, aggregator)
@@ -161,18 +171,17 @@ def time_steps(step: Callable[[], None], steps: int) -> float:
     return (time.perf_counter() - start) / steps
 
 
-def peak_rss_mib(kind: str, name: str, num_tasks: int, steps: int = 5) -> float:
-    """Peak RSS of a fresh process running `steps` steps of one method (MiB)."""
-    code = (
-        "import sys, resource, torch; sys.path.insert(0, 'benchmarks'); torch.set_num_threads(2);"
-        "import weighting_cost as b;"
-        f"step = b.make_ours({name!r}, {num_tasks})[2] if {kind!r} == 'ours' "
-        f"else b.make_torchjd({name!r}, {num_tasks});"
-        f"[step() for _ in range({steps})];"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+def jacobian_mib(name: str, num_tasks: int) -> float:
+    """Extra memory our method holds per step: the per-task gradients w.r.t. z (T x N x D) and,
+    for a parameter target, the T x P Jacobian (float32, MiB). Loss-based methods: 0."""
+    _model, weighting, _ = make_ours(name, num_tasks)
+    target = getattr(weighting, "target", None)
+    if target is None:
+        return 0.0
+    numel = num_tasks * 256 * 100
+    if target != "representation":
+        numel += num_tasks * sum(p.numel() for p in weighting._target_params or [])
+    return numel * 4 / 2**20
 
 
 def main() -> None:
@@ -180,7 +189,6 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/weighting_cost.json"))
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -208,7 +216,6 @@ def main() -> None:
                 t = base if name == "equal" else time_steps(step, args.steps)
                 seconds[name].append(t)
                 ratios[name].append(t / base)
-        equal_rss = None if args.no_memory else peak_rss_mib("ours", "equal", num_tasks)
         for name in OURS:
             row = {
                 "num_tasks": num_tasks,
@@ -216,23 +223,18 @@ def main() -> None:
                 "ms_per_step": 1e3 * statistics.median(seconds[name]),
                 "ratio_to_equal": statistics.median(ratios[name]),
             }
-            if equal_rss is not None:
-                row["extra_peak_rss_mib"] = peak_rss_mib("ours", name, num_tasks) - equal_rss
+            row["extra_mib"] = jacobian_mib(name, num_tasks)
             if have_torchjd and name in TORCHJD_SAME:
                 key = f"torchjd {TORCHJD_SAME[name]}"
                 row["torchjd_ratio_to_equal"] = statistics.median(ratios[key])
                 row["torchjd_over_ours"] = statistics.median(
                     [a / b for a, b in zip(seconds[key], seconds[name], strict=True)]
                 )
-                if equal_rss is not None:
-                    row["torchjd_extra_peak_rss_mib"] = (
-                        peak_rss_mib("torchjd", TORCHJD_SAME[name], num_tasks) - equal_rss
-                    )
             rows.append(row)
             print(row, file=sys.stderr)
 
     lines = [
-        "| T | method | ms / step | x equal | extra peak RSS (MiB) | TorchJD x equal | "
+        "| T | method | ms / step | x equal | extra memory (MiB) | TorchJD x equal | "
         "TorchJD / ours |",
         "|---|---|---|---|---|---|---|",
     ]
@@ -241,7 +243,7 @@ def main() -> None:
         lines.append(
             f"| {r['num_tasks']} | {r['method']} | {r['ms_per_step']:.2f} | "
             f"{r['ratio_to_equal']:.2f} | "
-            f"{r.get('extra_peak_rss_mib', float('nan')):.0f} | "
+            f"{r['extra_mib']:.1f} | "
             + (f"{tj:.2f} | {r['torchjd_over_ours']:.2f} |" if tj is not None else "- | - |")
         )
     table = "\n".join(lines)

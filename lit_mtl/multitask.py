@@ -124,6 +124,9 @@ class MultiTaskModule(L.LightningModule):
             encoder=encoder,
             baseline_losses=[task.baseline_loss() for task in self.tasks.values()],
         )
+        bind_heads = getattr(self.weighting, "bind_heads", None)
+        if bind_heads is not None:
+            bind_heads(list(self.tasks.values()))
         self._last_train_batch: tuple[Tensor, Mapping, Mapping] | None = None
         self.metrics = nn.ModuleDict(
             {
@@ -181,12 +184,21 @@ class MultiTaskModule(L.LightningModule):
         masks: Mapping[str, Tensor],
         stage: str | None,
     ) -> tuple[Tensor, list[Tensor], Tensor]:
-        """(z, T scalar losses, (T,) presence); updates the stage's metrics when ``stage`` given."""
+        """(z, T scalar losses, (T,) presence); updates the stage's metrics when ``stage`` given.
+
+        When the weighting differentiates w.r.t. z, each head reads its own view of z (kept in
+        ``self._task_views``) so that all T gradients come from a single backward pass.
+        """
         z = self.encoder(x)  # (N, D) shared representation
+        views = self.weighting.uses_task_representations and z.requires_grad
+        self._task_views: list[Tensor] | None = [] if views else None
         losses: list[Tensor] = []
         present: list[Tensor] = []
         for name, task in self.tasks.items():
-            pred = task(z)  # (N,) or (N, d)
+            z_task = z.view_as(z) if views else z
+            if self._task_views is not None:
+                self._task_views.append(z_task)
+            pred = task(z_task)  # (N,) or (N, d)
             target, mask = targets[name], masks.get(name)
             task.check_target(pred, target)
             losses.append(task.loss(pred, target, mask))  # scalar, 0 when unlabelled
@@ -267,8 +279,13 @@ class MultiTaskModule(L.LightningModule):
         if not self._check_finite(stacked, batch_idx):
             return None
         loss = self.weighting(
-            losses, present=present, representation=z, loss_scale=self._loss_scale()
+            losses,
+            present=present,
+            representation=z,
+            loss_scale=self._loss_scale(),
+            task_representations=self._task_views,
         )
+        self._task_views = None
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         weights = self.weighting.last_weights
         for i, name in enumerate(self.task_names):

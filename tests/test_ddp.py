@@ -90,3 +90,53 @@ def test_ddp_bf16_ranks_stay_identical(tmp_path: Path) -> None:
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert not torch.equal(rank0["weighting.w"], before["weighting.w"])
+
+
+class SaveEncoderPerEpoch(L.Callback):
+    """Every rank's encoder state at each epoch end: `<dir>/rank<r>_epoch<e>.pt`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = {k: v.detach().cpu().clone() for k, v in pl_module.encoder.state_dict().items()}
+        name = f"rank{trainer.global_rank}_epoch{trainer.current_epoch}.pt"
+        torch.save(state, self.directory / name)
+
+
+@pytest.mark.slow
+def test_ddp_unfreezing_mid_run_trains_and_keeps_ranks_identical(tmp_path: Path) -> None:
+    from lit_mtl import TransferModule, UnfreezeSchedule
+
+    L.seed_everything(0)
+    dm = small_data(num_train=256, batch_size=32)
+    module = TransferModule(
+        MLPEncoder(dm.in_features, [16, 16], batch_norm=True),
+        dm.task_specs,
+        schedule=UnfreezeSchedule("freeze_unfreeze", epoch=1),
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+    )
+    start = {k: v.detach().clone() for k, v in module.encoder.state_dict().items()}
+    trainer = fast_trainer(
+        max_epochs=2,
+        devices=2,
+        strategy="ddp_spawn",
+        callbacks=[SaveEncoderPerEpoch(tmp_path), SaveStatePerRank(tmp_path)],
+    )
+    trainer.fit(module, dm)
+    load = functools.partial(torch.load, weights_only=True)
+    for epoch in (0, 1):
+        r0, r1 = (
+            load(tmp_path / f"rank0_epoch{epoch}.pt"),
+            load(tmp_path / f"rank1_epoch{epoch}.pt"),
+        )
+        for key in r0:
+            assert torch.equal(r0[key], r1[key]), (epoch, key)
+    frozen_epoch = load(tmp_path / "rank0_epoch0.pt")
+    trained_epoch = load(tmp_path / "rank0_epoch1.pt")
+    for key in start:  # frozen in epoch 0 (BN statistics included), trained in epoch 1
+        assert torch.equal(frozen_epoch[key], start[key]), key
+    assert not torch.equal(trained_epoch["blocks.0.0.weight"], start["blocks.0.0.weight"])
+    rank0, rank1 = load(tmp_path / "rank0.pt"), load(tmp_path / "rank1.pt")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key

@@ -110,3 +110,28 @@ def test_gradient_methods_on_named_and_all_shared_targets() -> None:
         module = small_module(dm, weighting)
         fast_trainer(max_epochs=1).fit(module, dm)
         assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+@pytest.mark.parametrize("factory", [MGDAUB, PCGrad, GradNorm, CAGrad], ids=lambda f: f.__name__)
+def test_fused_backward_equals_backward_of_weighted_losses(factory) -> None:  # type: ignore[no-untyped-def]
+    """The module's single-pass path (head grads taken with the z grads) gives exactly the
+    gradients of sum_i c_i L_i, and the returned value is sum_i c_i L_i."""
+    L.seed_everything(0)
+    dm = small_data(missing_fraction={"reg1": 0.5})
+    module = small_module(dm, factory())
+    assert module.weighting._head_params is not None
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    fused = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    c = module.weighting.last_weights.clone()
+    module.zero_grad()
+    x, targets = batch
+    _, losses, _ = module._task_losses(x, targets, {}, None)
+    reference = (c * torch.stack(losses)).sum()
+    assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
+    reference.backward()
+    for name, p in module.named_parameters():
+        if name in fused:
+            assert torch.allclose(fused[name], p.grad, rtol=1e-4, atol=1e-6), name

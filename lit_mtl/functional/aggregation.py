@@ -17,6 +17,7 @@ from torch import Tensor
 __all__ = [
     "aligned_mtl_coefficients",
     "cagrad_coefficients",
+    "cagrad_solve",
     "imtl_g_coefficients",
     "min_norm_coefficients",
     "nash_mtl_coefficients",
@@ -44,6 +45,17 @@ def project_to_simplex(v: np.ndarray) -> np.ndarray:
     return np.maximum(v - theta, 0.0)
 
 
+def _solve_kkt(kkt: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve the (affine min-norm) KKT system; least squares when it is singular."""
+    try:
+        out = np.linalg.solve(kkt, rhs)
+        if np.all(np.isfinite(out)):
+            return out
+    except np.linalg.LinAlgError:
+        pass
+    return np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+
+
 def min_norm_coefficients(gramian: Tensor | np.ndarray, tol: float = 1e-10) -> np.ndarray:
     """Min-norm point of the convex hull of the g_i: argmin_{a in simplex} a^T G a.
 
@@ -69,15 +81,13 @@ def min_norm_coefficients(gramian: Tensor | np.ndarray, tol: float = 1e-10) -> n
             break
         active.append(j)
         while True:
-            sub = g[np.ix_(active, active)]
             k = len(active)
-            kkt = np.zeros((k + 1, k + 1))
-            kkt[:k, :k] = sub
-            kkt[:k, k] = 1.0
-            kkt[k, :k] = 1.0
+            kkt = np.ones((k + 1, k + 1))
+            kkt[:k, :k] = g[active][:, active]
+            kkt[k, k] = 0.0
             rhs = np.zeros(k + 1)
             rhs[k] = 1.0
-            mu = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:k]
+            mu = _solve_kkt(kkt, rhs)[:k]
             current = lam[active]
             if np.all(mu > 1e-12):
                 lam[:] = 0.0
@@ -115,19 +125,35 @@ def pcgrad_coefficients(gramian: Tensor | np.ndarray, orders: np.ndarray) -> np.
 
 
 def cagrad_coefficients(
-    gramian: Tensor | np.ndarray, c: float = 0.4, rescale: int = 1, iters: int = 500
+    gramian: Tensor | np.ndarray,
+    c: float = 0.4,
+    rescale: int = 1,
+    iters: int = 500,
+    init: np.ndarray | None = None,
 ) -> np.ndarray:
     """CAGrad (Liu et al. 2021): d = g0 + (sqrt(phi) / ||g_w||) g_w, phi = c^2 ||g0||^2.
 
     w = argmin_{w in simplex} g_w . g0 + sqrt(phi) ||g_w||, g0 = mean_i g_i, solved by projected
-    gradient descent with backtracking. ``rescale`` as in the authors' code: 0 none,
-    1 divides by 1 + c^2 (their default), 2 by 1 + c. c = 0 gives the mean (1/T each).
+    gradient descent with backtracking, started from ``init`` (e.g. the previous step's w) or
+    the uniform weights. ``rescale`` as in the authors' code: 0 none, 1 divides by 1 + c^2 (their
+    default), 2 by 1 + c. c = 0 gives the mean (1/T each). :func:`cagrad_solve` also returns w.
     """
+    return cagrad_solve(gramian, c, rescale, iters, init)[0]
+
+
+def cagrad_solve(
+    gramian: Tensor | np.ndarray,
+    c: float = 0.4,
+    rescale: int = 1,
+    iters: int = 500,
+    init: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """CAGrad's (coefficients, inner simplex weights w); see :func:`cagrad_coefficients`."""
     g = _as_numpy(gramian)
     t = g.shape[0]
     mean = np.full(t, 1.0 / t)
     if c == 0:
-        return mean
+        return mean, mean
     scale = max(float(np.max(np.diag(g))), 1e-300)
     g = g / scale
     b = g @ mean  # g_i . g0
@@ -137,7 +163,7 @@ def cagrad_coefficients(
     def objective(w: np.ndarray) -> float:
         return float(w @ b + radius * np.sqrt(max(w @ g @ w, 0.0) + 1e-12))
 
-    w = mean.copy()
+    w = mean.copy() if init is None or len(init) != t else project_to_simplex(init)
     step = 1.0
     f = objective(w)
     for _ in range(iters):
@@ -161,7 +187,7 @@ def cagrad_coefficients(
         coef = coef / (1.0 + c**2)
     elif rescale == 2:
         coef = coef / (1.0 + c)
-    return coef
+    return coef, w
 
 
 def imtl_g_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:

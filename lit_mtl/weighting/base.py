@@ -60,6 +60,9 @@ class Weighting(nn.Module):
     #: True for methods that need the task losses recomputed on the same batch after the optimizer
     #: step (FAMO); the owning module then passes ``recompute_losses`` to :meth:`on_optimizer_step`.
     needs_losses_after_step: ClassVar[bool] = False
+    #: True for methods that differentiate the task losses w.r.t. z (the module then feeds each
+    #: head its own view of z and passes the views as ``task_representations``)
+    uses_task_representations: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int | None = None) -> None:
         super().__init__()
@@ -128,6 +131,7 @@ class Weighting(nn.Module):
         representation: Tensor | None = None,
         shared_params: Sequence[Tensor] | None = None,
         loss_scale: Tensor | float | None = None,
+        task_representations: Sequence[Tensor] | None = None,
     ) -> Tensor:
         """Combine T task losses into one scalar.
 
@@ -138,6 +142,9 @@ class Weighting(nn.Module):
             representation: the shared representation ``z`` (gradient methods on ``z``).
             shared_params: the shared parameters (gradient methods on parameters); default: the
                 ones resolved from the encoder given to :meth:`bind`.
+            task_representations: optional per-task views of z (``z.view_as(z)``, one fed to
+                each head); with them gradient methods get all T gradients w.r.t. z in a single
+                backward pass instead of T.
             loss_scale: the fp16 GradScaler's current scale, if any. Gradient methods compute the
                 per-task gradients of ``loss_scale * L_i`` (no fp16 underflow) and unscale them.
         """
@@ -168,6 +175,7 @@ class Weighting(nn.Module):
             representation=representation,
             shared_params=shared_params,
             loss_scale=loss_scale,
+            task_representations=task_representations,
         )
 
     def combine(
@@ -179,6 +187,7 @@ class Weighting(nn.Module):
         representation: Tensor | None,
         shared_params: Sequence[Tensor] | None,
         loss_scale: Tensor | float | None,
+        task_representations: Sequence[Tensor] | None = None,
     ) -> Tensor:
         """Return the scalar to backpropagate; set :attr:`last_weights`. Implemented by methods."""
         raise NotImplementedError

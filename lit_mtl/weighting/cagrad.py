@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-from lit_mtl.functional.aggregation import cagrad_coefficients
+from lit_mtl.functional.aggregation import cagrad_solve
 from lit_mtl.weighting.gradient import GradientWeighting
 
 __all__ = ["CAGrad"]
@@ -23,7 +24,9 @@ class CAGrad(GradientWeighting):
             0 none.
         target: ``"shared"`` (the paper) or ``"representation"``.
 
-    Scale-invariant; the inner problem is solved by projected gradient descent on the simplex.
+    Scale-invariant; the inner problem is solved by projected gradient descent on the simplex,
+    warm-started from the previous step's w (kept in a buffer, so a resumed run continues
+    identically).
     """
 
     def __init__(
@@ -41,5 +44,14 @@ class CAGrad(GradientWeighting):
         self.c = float(c)
         self.rescale = int(rescale)
 
+    def _build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
+        self.register_buffer("inner_w", torch.zeros(num_tasks, dtype=torch.float64))
+
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
-        return cagrad_coefficients(gramian, c=self.c, rescale=self.rescale)
+        t = gramian.shape[0]
+        previous = self.inner_w.cpu().numpy()
+        warm = previous if t == len(previous) and previous.sum() > 0 else None
+        coef, w = cagrad_solve(gramian, c=self.c, rescale=self.rescale, init=warm)
+        if t == len(previous):
+            self.inner_w.copy_(torch.as_tensor(w, dtype=torch.float64))
+        return coef

@@ -104,14 +104,27 @@ class GradientWeighting(Weighting):
     T x P gradient matrix.
     """
 
+    uses_task_representations = True
+
     def __init__(self, num_tasks: int | None = None, target: str = "representation") -> None:
         super().__init__(num_tasks=num_tasks)
         if not isinstance(target, str) or not target:
             raise ValueError(f"target must be a non-empty string, got {target!r}")
         self.target = target
         self._target_params: list[nn.Parameter] | None = None
+        self._head_params: list[list[nn.Parameter]] | None = None
+        self._fused: tuple[Tensor, list[list[Tensor | None]]] | None = None
+        self._shared_jac: tuple[list[Tensor], Tensor] | None = None
         self._warned_batched = False
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long))
+
+    def bind_heads(self, heads: Sequence[nn.Module]) -> None:
+        """Give the task heads (MultiTaskModule does): their gradients are then taken in the same
+        backward pass as the gradients w.r.t. z, and the returned scalar backpropagates only
+        through the encoder (the heads are not differentiated twice)."""
+        if len(heads) != self.num_tasks:
+            raise ValueError(f"{len(heads)} heads for {self.num_tasks} tasks")
+        self._head_params = [list(h.parameters()) for h in heads]
 
     def _bind_encoder(self, encoder: nn.Module) -> None:
         if self.target != "representation":
@@ -126,6 +139,7 @@ class GradientWeighting(Weighting):
         representation: Tensor | None,
         shared_params: Sequence[Tensor] | None,
         loss_scale: Tensor | float | None,
+        task_representations: Sequence[Tensor] | None = None,
     ) -> Tensor:
         """(T, P) float32 matrix of per-task gradients of the shared target (0 for absent tasks).
 
@@ -155,12 +169,30 @@ class GradientWeighting(Weighting):
             )
         flags = present.tolist()
         scaled = [loss * loss_scale if loss_scale is not None else loss for loss in task_losses]
+        self._fused = None
+        self._shared_jac = None
         if representation is not None and representation.requires_grad:
-            gz = self._grads_of(scaled, flags, [representation])[0]  # (T, *z.shape)
+            if task_representations is not None and len(task_representations) == len(flags):
+                gz, head_grads = self._grads_through_views(
+                    scaled, flags, list(task_representations), self._head_params
+                )
+                if head_grads is not None:
+                    unscale = 1.0 if loss_scale is None else 1.0 / loss_scale
+                    self._fused = (
+                        gz * unscale,
+                        [[None if g is None else g * unscale for g in gs] for gs in head_grads],
+                    )
+            else:
+                gz = self._grads_of(scaled, flags, [representation])[0]  # (T, *z.shape)
             if params is None:
                 jac = gz.reshape(gz.shape[0], -1).float()
             else:
                 jac = self._pull_back(representation, gz, params, scaled, flags)
+                if self._fused is not None and self.target == "shared":
+                    # J covers every encoder parameter: the encoder's gradient is c @ J, no
+                    # second backward through the encoder is needed (as TorchJD's jac_to_grad)
+                    unscale = 1.0 if loss_scale is None else 1.0 / loss_scale
+                    self._shared_jac = (params, jac * unscale)
         else:
             assert params is not None
             rows = self._grads_of(scaled, flags, params)
@@ -168,6 +200,42 @@ class GradientWeighting(Weighting):
         if loss_scale is not None:
             jac = jac / loss_scale
         return jac  # (T, P)
+
+    @staticmethod
+    def _grads_through_views(
+        losses: Sequence[Tensor],
+        flags: list[bool],
+        views: list[Tensor],
+        head_params: list[list[nn.Parameter]] | None = None,
+    ) -> tuple[Tensor, list[list[Tensor | None]] | None]:
+        """(T, *z.shape) d L_i / d z_i for per-task views z_i of z, and (when ``head_params`` is
+        given) each head's own gradients, all in ONE backward pass: L_i depends on z only through
+        z_i and on no other head, so the gradient of sum_i L_i w.r.t. z_i is d L_i / d z."""
+        chosen = [i for i, f in enumerate(flags) if f and losses[i].requires_grad]
+        out = torch.zeros(
+            (len(flags), *views[0].shape), device=views[0].device, dtype=views[0].dtype
+        )
+        heads: list[list[Tensor | None]] | None = None
+        if head_params is not None:
+            heads = [[None] * len(ps) for ps in head_params]
+        if chosen:
+            inputs: list[Tensor] = [views[i] for i in chosen]
+            owners: list[tuple[int, int]] = []
+            if head_params is not None:
+                for i in chosen:
+                    for k, p in enumerate(head_params[i]):
+                        if p.requires_grad:
+                            inputs.append(p)
+                            owners.append((i, k))
+            total = torch.stack([losses[i].reshape(()) for i in chosen]).sum()
+            grads = torch.autograd.grad(total, inputs, retain_graph=True, allow_unused=True)
+            for i, g in zip(chosen, grads[: len(chosen)], strict=True):
+                if g is not None:
+                    out[i] = g
+            if heads is not None:
+                for (i, k), g in zip(owners, grads[len(chosen) :], strict=True):
+                    heads[i][k] = g
+        return out, heads
 
     @staticmethod
     def _grads_of(
@@ -240,15 +308,56 @@ class GradientWeighting(Weighting):
         representation: Tensor | None,
         shared_params: Sequence[Tensor] | None,
         loss_scale: Tensor | float | None,
+        task_representations: Sequence[Tensor] | None = None,
     ) -> Tensor:
         present_all = all_reduce_max(present.to(torch.uint8)).bool()
         jacobian = self.task_gradients(
-            task_losses, present_all & present, representation, shared_params, loss_scale
+            task_losses,
+            present_all & present,
+            representation,
+            shared_params,
+            loss_scale,
+            task_representations,
         )
         gramian = self.reduced_gramian(jacobian)  # (T, T)
         global_losses, _ = masked_mean_over_ranks(losses, present)
         weights = self._solve(gramian, global_losses, present_all)
-        return self._weighted_sum(weights, losses, present_all)
+        return self._finish(weights, losses, present_all, representation)
+
+    def _finish(
+        self, weights: Tensor, losses: Tensor, present: Tensor, representation: Tensor | None
+    ) -> Tensor:
+        """The scalar to backpropagate: its value is sum_i c_i L_i and so is its gradient.
+
+        When the heads' gradients were taken with the gradients w.r.t. z, the returned scalar's
+        graph is ``z . sum_i c_i dL_i/dz + sum_i c_i <head_i params, their gradients>`` (detached
+        factors): the same gradients as backpropagating sum_i c_i L_i, without differentiating the
+        heads a second time.
+        """
+        value = self._weighted_sum(weights, losses, present)
+        fused, self._fused = self._fused, None
+        if fused is None or representation is None or self._head_params is None:
+            return value
+        gz, head_grads = fused
+        w = self.last_weights.to(gz.dtype)
+        shared_jac, self._shared_jac = self._shared_jac, None
+        if shared_jac is not None:  # encoder gradient c @ J directly on its parameters
+            params, jac = shared_jac
+            flat = (w.to(jac.dtype) @ jac).detach()  # (P,)
+            surrogate = torch.zeros((), device=jac.device, dtype=jac.dtype)
+            offset = 0
+            for p in params:
+                n = p.numel()
+                surrogate = surrogate + (p * flat[offset : offset + n].view_as(p).to(p.dtype)).sum()
+                offset += n
+        else:
+            combined = torch.tensordot(w, gz, dims=1).to(representation.dtype)  # sum_i c_i gz_i
+            surrogate = (representation * combined.detach()).sum()
+        for i, grads in enumerate(head_grads):
+            for p, g in zip(self._head_params[i], grads, strict=True):
+                if g is not None:
+                    surrogate = surrogate + (p * (w[i] * g).to(p.dtype).detach()).sum()
+        return value.detach() + surrogate - surrogate.detach()
 
     def _solve(self, gramian: Tensor, losses: Tensor, present: Tensor) -> Tensor:
         idx = present.nonzero().flatten().tolist()

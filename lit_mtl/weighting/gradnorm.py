@@ -104,10 +104,20 @@ class GradNorm(GradientWeighting):
             if v is not None:
                 self.initial_losses[i] = float(v)
 
-    def combine(self, losses, *, task_losses, present, representation, shared_params, loss_scale):  # type: ignore[no-untyped-def]
+    def combine(
+        self,
+        losses,
+        *,
+        task_losses,
+        present,
+        representation,
+        shared_params,
+        loss_scale,
+        task_representations=None,
+    ):  # type: ignore[no-untyped-def]
         present_all = present
         jacobian = self.task_gradients(
-            task_losses, present, representation, shared_params, loss_scale
+            task_losses, present, representation, shared_params, loss_scale, task_representations
         )
         gramian = self.reduced_gramian(jacobian)
         norms = gramian.diagonal().clamp(min=0).sqrt()  # ||grad_W L_i||, identical on all ranks
@@ -130,7 +140,7 @@ class GradNorm(GradientWeighting):
                 self.pending_grad += full
                 self.pending_count += 1
                 self.last_grad_loss.fill_(float(l_grad))
-        return self._weighted_sum(self.w.detach().to(losses.dtype), losses, present_all)
+        return self._finish(self.w.detach().to(losses.dtype), losses, present_all, representation)
 
     @torch.no_grad()
     def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]

@@ -49,7 +49,17 @@ class NashMTL(GradientWeighting):
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
         return nash_mtl_coefficients(gramian, normalize=self.normalize_gramian)
 
-    def combine(self, losses, *, task_losses, present, representation, shared_params, loss_scale):  # type: ignore[no-untyped-def]
+    def combine(
+        self,
+        losses,
+        *,
+        task_losses,
+        present,
+        representation,
+        shared_params,
+        loss_scale,
+        task_representations=None,
+    ):  # type: ignore[no-untyped-def]
         reuse = int(self.step) % self.update_weights_every != 0 and bool((self.alpha > 0).any())
         if reuse:
             return self._weighted_sum(self.alpha.to(losses.dtype), losses, present)
@@ -60,6 +70,7 @@ class NashMTL(GradientWeighting):
             representation=representation,
             shared_params=shared_params,
             loss_scale=loss_scale,
+            task_representations=task_representations,
         )
         self.alpha.copy_(self.last_weights.to(torch.float64))
         return out

@@ -300,3 +300,31 @@ def test_callback_requires_named_groups() -> None:
     data = torch.utils.data.TensorDataset(torch.randn(8, 4), torch.randn(8))
     with pytest.raises(ValueError, match="no param group named"):
         fast_trainer(callbacks=[callback]).fit(model, torch.utils.data.DataLoader(data))
+
+
+def test_layer_groups_from_regex_patterns() -> None:
+    from lit_mtl.transfer import resolve_layer_groups
+
+    enc = MLPEncoder(8, [16, 16, 16], batch_norm=True)
+    groups = resolve_layer_groups(enc, {"low": [r"blocks\.0\..*"], "high": [r"blocks\.[12]\..*"]})
+    assert list(groups) == ["low", "high"]
+    assert len(groups["high"]) == 4  # two Linear + two BatchNorm modules
+    with pytest.raises(ValueError, match="in no layer group"):
+        resolve_layer_groups(enc, {"low": [r"blocks\.0\..*"]})
+    module = make_module(
+        UnfreezeSchedule("gradual"),
+        layer_groups={"low": [r"blocks\.0\..*"], "high": [r"blocks\.[12]\..*"]},
+    )
+    assert [g["name"] for g in module.parameter_groups()][:2] == ["low", "high"]
+
+
+def test_unfreeze_events_and_group_lrs_are_logged() -> None:
+    L.seed_everything(0)
+    module = make_module(UnfreezeSchedule("gradual"), lr_decay=0.5)
+    trainer = fast_trainer(max_epochs=2)
+    trainer.fit(module, small_data())
+    metrics = trainer.callback_metrics
+    assert metrics["transfer/unfrozen_groups"].item() == 2.0  # epoch 1: block1 and block2
+    assert metrics["lr/block0"].item() == 0.0
+    assert metrics["lr/block1"].item() == pytest.approx(1e-2 * 0.5)
+    assert module.unfreeze_callback.events == [(0, ["block2"]), (1, ["block1"])]

@@ -1,0 +1,35 @@
+"""Rewrite the README's result tables from benchmarks/results/*.json.
+
+Each table sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` and is replaced
+by the ``markdown`` field of ``benchmarks/results/NAME.json``; the command line stored in the JSON
+is printed under it.
+
+    python benchmarks/update_readme.py
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"<!-- results:(?P<name>[\w-]+) -->.*?<!-- /results:(?P=name) -->", re.S)
+
+
+def render(name: str) -> str:
+    data = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+    return (
+        f"<!-- results:{name} -->\n{data['markdown'].strip()}\n\n"
+        f"Command: `{data['command']}`\n<!-- /results:{name} -->"
+    )
+
+
+def main() -> None:
+    readme = ROOT / "README.md"
+    text = BLOCK.sub(lambda m: render(m.group("name")), readme.read_text())
+    readme.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
