@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from lit_mtl.data.synthetic import EpochSeededSampler
+from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.tasks import TaskSpec
 
 __all__ = [
@@ -89,7 +89,7 @@ class TaskDerivedDataset(Dataset):
         return x, targets
 
 
-class LabelledDataModule(L.LightningDataModule):
+class LabelledDataModule(SplitDataModule):
     """Base of the label-derived multi-task DataModules (see the module docstring).
 
     Subclasses define :attr:`available_tasks`, :attr:`class_task` (the task whose targets are the
@@ -219,28 +219,3 @@ class LabelledDataModule(L.LightningDataModule):
             "val": make(train_base, np.sort(val_idx)),
             "test": make(test_base, test_idx),
         }
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=EpochSeededSampler(len(dataset), self.seed) if shuffle else None,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers and self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)

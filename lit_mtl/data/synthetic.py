@@ -16,7 +16,9 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
+
+from lit_mtl.data.loaders import EpochSeededSampler, SplitDataModule
 
 from lit_mtl.tasks import IGNORE_INDEX, TaskSpec
 
@@ -26,29 +28,6 @@ __all__ = [
     "SyntheticDataModule",
     "make_synthetic_tasks",
 ]
-
-
-class EpochSeededSampler(Sampler[int]):
-    """Random permutation that is a pure function of (seed, epoch).
-
-    Lightning calls :meth:`set_epoch` at the start of every epoch, so a run resumed from a
-    checkpoint sees exactly the sample order of the uninterrupted run.
-    """
-
-    def __init__(self, num_samples: int, seed: int) -> None:
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=gen).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
 
 
 class MultiTaskTensorDataset(Dataset):
@@ -117,7 +96,7 @@ def make_synthetic_tasks(
     return x, targets, functions
 
 
-class SyntheticDataModule(L.LightningDataModule):
+class SyntheticDataModule(SplitDataModule):
     """Seeded synthetic multi-task data: regression tasks (GradNorm toy form) and classification.
 
     Args:
@@ -179,6 +158,8 @@ class SyntheticDataModule(L.LightningDataModule):
             if n < 1:
                 raise ValueError(f"{name} must be >= 1, got {n}")
         self.save_hyperparameters()
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.in_features = in_features
         self.out_features = out_features
         self.regression_scales = [float(s) for s in regression_scales]
@@ -242,29 +223,3 @@ class SyntheticDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if not self.datasets:
             self._generate()
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            self.setup()
-        hp = self.hparams
-        dataset = self.datasets[split]
-        return DataLoader(
-            dataset,
-            batch_size=int(hp.batch_size),
-            sampler=EpochSeededSampler(len(dataset), int(hp.seed)) if shuffle else None,
-            num_workers=int(hp.num_workers),
-            pin_memory=bool(hp.pin_memory),
-            persistent_workers=bool(hp.persistent_workers) and int(hp.num_workers) > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
