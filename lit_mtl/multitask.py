@@ -190,7 +190,10 @@ class MultiTaskModule(L.LightningModule):
         ``self._task_views``) so that all T gradients come from a single backward pass.
         """
         z = self.encoder(x)  # (N, D) shared representation
-        views = self.weighting.uses_task_representations and z.requires_grad
+        wants_z_grads = self.weighting.uses_task_representations and stage == "train"
+        if wants_z_grads and torch.is_grad_enabled() and not z.requires_grad:
+            z = z.detach().requires_grad_()  # frozen encoder: the heads' gradients w.r.t. z
+        views = wants_z_grads and z.requires_grad
         self._task_views: list[Tensor] | None = [] if views else None
         losses: list[Tensor] = []
         present: list[Tensor] = []

@@ -328,3 +328,22 @@ def test_unfreeze_events_and_group_lrs_are_logged() -> None:
     assert metrics["lr/block0"].item() == 0.0
     assert metrics["lr/block1"].item() == pytest.approx(1e-2 * 0.5)
     assert module.unfreeze_callback.events == [(0, ["block2"]), (1, ["block1"])]
+
+
+@pytest.mark.parametrize("target", ["representation", "last_shared_layer"])
+def test_gradient_weighting_with_a_frozen_encoder(target: str) -> None:
+    """A linear probe with a gradient method: z-gradients still exist; a frozen parameter target
+    is a clear error."""
+    from lit_mtl import MGDAUB, GradNorm
+
+    L.seed_everything(0)
+    weighting = MGDAUB() if target == "representation" else GradNorm()
+    module = make_module(UnfreezeSchedule("freeze"), weighting=weighting)
+    before = module.encoder.blocks[0][0].weight.detach().clone()
+    if target == "representation":
+        fast_trainer(max_epochs=1).fit(module, small_data())
+        assert torch.equal(module.encoder.blocks[0][0].weight, before)
+        assert torch.isfinite(module.weighting.last_weights).all()
+    else:
+        with pytest.raises(ValueError, match="every target parameter is frozen"):
+            fast_trainer(max_epochs=1).fit(module, small_data())
