@@ -13,13 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from lit_mtl.data.loaders import EpochSeededSampler, SplitDataModule
-
 from lit_mtl.tasks import IGNORE_INDEX, TaskSpec
 
 __all__ = [

@@ -216,8 +216,9 @@ def test_dataset_to_dataset_transfer_mnist_to_fashion(tmp_path: Path) -> None:
     """Source on MNIST, few-shot target on FashionMNIST: two DataModules and a TransferModule."""
     import lightning as L
 
-    from conftest import fast_trainer
     from lit_mtl import CNNEncoder, MultiTaskModule, TransferModule, UnfreezeSchedule
+
+    from conftest import fast_trainer
 
     write_idx(tmp_path / "MNIST" / "raw", n_train=60)
     write_idx(tmp_path / "FashionMNIST" / "raw", n_train=60)
@@ -226,11 +227,21 @@ def test_dataset_to_dataset_transfer_mnist_to_fashion(tmp_path: Path) -> None:
     source = MultiTaskModule(CNNEncoder(1, [8, 8]), source_dm.task_specs)
     fast_trainer(max_epochs=1).fit(source, source_dm)
     torch.save(source.state_dict(), tmp_path / "mnist.pt")
-    target_dm = TorchvisionDataModule("fashion_mnist", root=str(tmp_path), tasks=["class", "top"],
-                                      labels_per_class=2, val_fraction=0.0, batch_size=16)
-    target = TransferModule(CNNEncoder(1, [8, 8]), target_dm.task_specs,
-                            source=str(tmp_path / "mnist.pt"), source_prefix="encoder.",
-                            schedule=UnfreezeSchedule("freeze_unfreeze", epoch=1))
+    target_dm = TorchvisionDataModule(
+        "fashion_mnist",
+        root=str(tmp_path),
+        tasks=["class", "top"],
+        labels_per_class=2,
+        val_fraction=0.0,
+        batch_size=16,
+    )
+    target = TransferModule(
+        CNNEncoder(1, [8, 8]),
+        target_dm.task_specs,
+        source=str(tmp_path / "mnist.pt"),
+        source_prefix="encoder.",
+        schedule=UnfreezeSchedule("freeze_unfreeze", epoch=1),
+    )
     assert torch.equal(target.encoder.stages[0][0].weight, source.encoder.stages[0][0].weight)
     target_dm.setup()
     assert len(target_dm.datasets["train"]) == 20  # 2 labelled samples per class
