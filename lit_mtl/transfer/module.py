@@ -75,7 +75,9 @@ class TransferModule(MultiTaskModule):
     Param groups exist from step 0: one per layer group (named after it), ``heads`` and the
     weighting's. The schedule is applied by an :class:`UnfreezeScheduleCallback` this module
     returns from ``configure_callbacks``; its state is a function of the epoch, so resuming
-    restores it. The load report is in :attr:`load_report`.
+    restores it. The load report is in :attr:`load_report`. The source is read when the module
+    is built, so restoring a TransferModule checkpoint (``load_from_checkpoint`` or a resumed
+    fit) needs the source file too; its weights are then overwritten by the checkpoint's.
     """
 
     def __init__(
