@@ -254,7 +254,6 @@ def main() -> None:
             f"--rounds {args.rounds}",
             f"--steps {args.steps}",
         ]
-        + (["--no-memory"] if args.no_memory else [])
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
