@@ -174,16 +174,11 @@ class LabelledDataModule(SplitDataModule):
         raise NotImplementedError
 
     # ------------------------------------------------------------------ splits
-    def _select(self, labels: np.ndarray, cap: int | None, rng: np.random.Generator) -> np.ndarray:
+    def _select(self, labels: np.ndarray) -> np.ndarray:
+        """Indices of the samples whose class is kept (all of them without ``classes``)."""
         idx = np.arange(len(labels))
         if self.classes is not None:
             idx = idx[np.isin(labels, self.classes)]
-        if cap is not None:
-            kept = []
-            for c in np.unique(labels[idx]):
-                members = idx[labels[idx] == c]
-                kept.append(rng.permutation(members)[:cap])
-            idx = np.sort(np.concatenate(kept)) if kept else idx[:0]
         return idx
 
     def setup(self, stage: str | None = None) -> None:
@@ -195,7 +190,7 @@ class LabelledDataModule(SplitDataModule):
         class_tasks = [self.class_task] if self.class_task in tasks else []
 
         train_base, train_labels = self._load_split("train")
-        idx = rng.permutation(self._select(np.asarray(train_labels), None, rng))
+        idx = rng.permutation(self._select(np.asarray(train_labels)))
         n_val = round(len(idx) * self.val_fraction)
         val_idx, train_idx = idx[:n_val], idx[n_val:]
         if self.labels_per_class is not None:
@@ -208,7 +203,7 @@ class LabelledDataModule(SplitDataModule):
         if len(train_idx) == 0:
             raise ValueError(f"{type(self).__name__}: the training split is empty")
         test_base, test_labels = self._load_split("test")
-        test_idx = self._select(np.asarray(test_labels), None, rng)
+        test_idx = self._select(np.asarray(test_labels))
 
         def make(base: Dataset, indices: np.ndarray) -> TaskDerivedDataset:
             return TaskDerivedDataset(base, indices.tolist(), tasks, relabel, class_tasks)
