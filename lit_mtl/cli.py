@@ -16,7 +16,9 @@ class MultiTaskCLI(LightningCLI):
     """LightningCLI in subclass mode for model and data (``class_path``/``init_args``).
 
     Links ``data.task_specs`` (available right after the DataModule's ``__init__``) into
-    ``model.init_args.tasks``, so a config never repeats the task list.
+    ``model.init_args.tasks``, so a config never repeats the task list. The full parsed config is
+    written next to the logs and sent to every logger's run config
+    (:class:`~lit_mtl.tracking.LogConfigCallback`).
     """
 
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
@@ -28,6 +30,7 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> MultiTaskCLI:
     import lightning as L
 
     from lit_mtl.multitask import MultiTaskModule
+    from lit_mtl.tracking import LogConfigCallback
 
     return MultiTaskCLI(
         MultiTaskModule,
@@ -37,6 +40,7 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> MultiTaskCLI:
         args=args,
         run=run,
         auto_configure_optimizers=False,
+        save_config_callback=LogConfigCallback,
     )
 
 

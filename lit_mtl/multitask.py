@@ -64,6 +64,9 @@ class MultiTaskModule(L.LightningModule):
         nonfinite_loss: ``"raise"`` (default): a NaN/inf task loss raises an error naming the task
             and the step; ``"skip"``: the step is skipped (no update) with a warning.
         lr_scheduler_monitor: metric monitored by plateau schedulers.
+        plots: add a :class:`~lit_mtl.callbacks.TrainingPlots` callback, which writes the
+            task-weight trajectory (``task_weights.png``) to the log dir at the end of fit and
+            logs it as an image to W&B / TensorBoard. ``False`` to leave callbacks to you.
 
     Logged: ``train/loss``; per task ``{stage}/{task}/loss`` and ``{stage}/{task}/{metric}``;
     the task weights as ``train/{task}/weight``.
@@ -86,6 +89,7 @@ class MultiTaskModule(L.LightningModule):
         heads: Mapping[str, nn.Module] | None = None,
         nonfinite_loss: Literal["raise", "skip"] = "raise",
         lr_scheduler_monitor: str = "val/loss",
+        plots: bool = True,
     ) -> None:
         super().__init__()
         # Under the lit-mtl CLI the hyperparameters are the parsed config (class_path/init_args
@@ -140,6 +144,7 @@ class MultiTaskModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.nonfinite_loss = nonfinite_loss
         self.lr_scheduler_monitor = lr_scheduler_monitor
+        self.plots = bool(plots)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -350,6 +355,11 @@ class MultiTaskModule(L.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.weighting.on_train_epoch_start()
+
+    def configure_callbacks(self) -> list:
+        from lit_mtl.callbacks import TrainingPlots
+
+        return [TrainingPlots()] if self.plots else []
 
 
 def _task_metrics(spec: TaskSpec, prefix: str) -> nn.Module:

@@ -152,7 +152,7 @@ class TransferModule(MultiTaskModule):
         return groups + self.weighting.parameter_groups()
 
     def configure_callbacks(self) -> list:
-        return [self.unfreeze_callback]
+        return [*super().configure_callbacks(), self.unfreeze_callback]
 
     def l2sp(self) -> Tensor:
         """The L2-SP penalty at the current weights (0 when disabled)."""

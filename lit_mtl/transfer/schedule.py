@@ -108,8 +108,9 @@ class UnfreezeScheduleCallback(L.Callback):
             this many optimizer steps (0 = none).
         train_bn: keep BatchNorm layers of frozen groups in train mode (default: eval mode, so
             their running statistics stay frozen).
-        log_lrs: log every group's effective lr (``lr/<group>``) and unfreeze events
-            (``transfer/unfrozen_groups``) each epoch.
+        log_lrs: log every group's effective lr (``lr/<group>``), the number of trainable
+            groups (``transfer/unfrozen_groups``) and each group's state
+            (``transfer/trainable/<group>``: 1 once unfrozen) each epoch.
     """
 
     def __init__(
@@ -223,6 +224,8 @@ class UnfreezeScheduleCallback(L.Callback):
             self.events.append((epoch, newly))
         if self.log_lrs and trainer.optimizers:
             values = {"transfer/unfrozen_groups": float(len(trainable))}
+            for g in self.group_names:
+                values[f"transfer/trainable/{g}"] = float(g in trainable)
             for g in trainer.optimizers[0].param_groups:
                 name = g.get("name", "")
                 values[f"lr/{name}"] = g["lr"] * self.factor(name, epoch, trainer.global_step)

@@ -347,3 +347,12 @@ def test_gradient_weighting_with_a_frozen_encoder(target: str) -> None:
     else:
         with pytest.raises(ValueError, match="every target parameter is frozen"):
             fast_trainer(max_epochs=1).fit(module, small_data())
+
+
+def test_trainable_state_per_group_is_logged() -> None:
+    L.seed_everything(0)
+    module = make_module(UnfreezeSchedule("gradual"))
+    trainer = fast_trainer(max_epochs=2)
+    trainer.fit(module, small_data())
+    metrics = trainer.callback_metrics
+    assert [metrics[f"transfer/trainable/{g}"].item() for g in GROUPS] == [0.0, 1.0, 1.0]

@@ -1,0 +1,129 @@
+"""Callbacks: task-weight and transfer-schedule trajectories, plotted at the end of fit.
+
+``MultiTaskModule`` adds :class:`TrainingPlots` by default (``plots=True``), so every run of the
+CLI or of ``Trainer.fit`` ends with ``task_weights.png`` (and, for a ``TransferModule``,
+``lr_schedule.png``) in its log dir, also logged as images to W&B and TensorBoard.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lit_mtl.plots import plot_lr_schedule, plot_task_weights
+from lit_mtl.tracking import log_figure
+
+__all__ = ["TrainingPlots"]
+
+
+class TrainingPlots(Callback):
+    """Records the task weights (``pl_module.weighting.last_weights``) and, when an
+    :class:`~lit_mtl.transfer.UnfreezeScheduleCallback` is in the trainer, every param group's
+    effective lr every ``every_n_steps`` optimizer steps; at the end of fit (global rank zero)
+    writes ``task_weights.png`` / ``lr_schedule.png`` to the log dir and logs them as images
+    (keys ``plots/task_weights``, ``plots/lr_schedule``).
+
+    The history is part of the callback's checkpoint state, so a resumed run plots the whole
+    trajectory. Recording reads T numbers per recorded step (one device sync).
+
+    Args:
+        every_n_steps: record every n optimizer steps (default: the trainer's
+            ``log_every_n_steps``).
+        task_weights: record and plot the task weights.
+        lr_schedule: record and plot the transfer schedule (when there is one).
+    """
+
+    def __init__(
+        self, every_n_steps: int | None = None, task_weights: bool = True, lr_schedule: bool = True
+    ) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"every_n_steps must be >= 1, got {every_n_steps}")
+        self.every_n_steps = every_n_steps
+        self.task_weights = task_weights
+        self.lr_schedule = lr_schedule
+        self.steps: list[int] = []
+        self.weights: list[list[float]] = []
+        self.task_names: list[str] = []
+        self.lr_steps: list[int] = []
+        self.lrs: dict[str, list[float]] = {}
+        self.unfreeze_steps: dict[str, int] = {}
+        self.paths: dict[str, str] = {}
+        self._last_recorded = -1
+
+    # ------------------------------------------------------------------ recording
+    def _interval(self, trainer: L.Trainer) -> int:
+        return self.every_n_steps or max(1, int(trainer.log_every_n_steps))
+
+    @staticmethod
+    def _schedule_callback(trainer: L.Trainer) -> Any:
+        from lit_mtl.transfer.schedule import UnfreezeScheduleCallback
+
+        return next((c for c in trainer.callbacks if isinstance(c, UnfreezeScheduleCallback)), None)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.task_names = list(getattr(pl_module, "task_names", []))
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
+    ) -> None:
+        step = trainer.global_step  # optimizer steps taken so far
+        if step == self._last_recorded or (step - 1) % self._interval(trainer) != 0:
+            return
+        self._last_recorded = step
+        weighting = getattr(pl_module, "weighting", None)
+        if self.task_weights and weighting is not None:
+            weights = weighting.last_weights.detach().float().cpu()
+            self.steps.append(step)
+            self.weights.append([float(w) for w in weights])
+        schedule = self._schedule_callback(trainer) if self.lr_schedule else None
+        if schedule is not None and trainer.optimizers:
+            epoch = trainer.current_epoch
+            lrs = schedule.effective_lrs(trainer.optimizers[0], epoch, step)
+            self.lr_steps.append(step)
+            for name, lr in lrs.items():
+                self.lrs.setdefault(name, [0.0] * (len(self.lr_steps) - 1)).append(float(lr))
+            for name in schedule.schedule.trainable(epoch, schedule.group_names):
+                self.unfreeze_steps.setdefault(name, step)
+
+    # ------------------------------------------------------------------ plotting
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        if self.task_weights and self.steps:
+            fig = plot_task_weights(self.steps, self.weights, self.task_names)
+            path = log_figure(trainer, "plots/task_weights", fig, "task_weights.png")
+            self.paths["task_weights"] = str(path)
+        if self.lr_schedule and self.lr_steps:
+            first = {n: s for n, s in self.unfreeze_steps.items() if s > self.lr_steps[0]}
+            fig = plot_lr_schedule(self.lr_steps, self.lrs, first)
+            path = log_figure(trainer, "plots/lr_schedule", fig, "lr_schedule.png")
+            self.paths["lr_schedule"] = str(path)
+
+    # ------------------------------------------------------------------ resume
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": list(self.steps),
+            "weights": [list(w) for w in self.weights],
+            "task_names": list(self.task_names),
+            "lr_steps": list(self.lr_steps),
+            "lrs": {k: list(v) for k, v in self.lrs.items()},
+            "unfreeze_steps": dict(self.unfreeze_steps),
+            "last_recorded": self._last_recorded,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.steps = list(state_dict["steps"])
+        self.weights = [list(w) for w in state_dict["weights"]]
+        self.task_names = list(state_dict["task_names"])
+        self.lr_steps = list(state_dict["lr_steps"])
+        self.lrs = {k: list(v) for k, v in state_dict["lrs"].items()}
+        self.unfreeze_steps = dict(state_dict["unfreeze_steps"])
+        self._last_recorded = int(state_dict["last_recorded"])
+
+
+def weights_tensor(callback: TrainingPlots) -> torch.Tensor:
+    """The recorded weights as an (S, T) tensor (handy in notebooks and tests)."""
+    return torch.tensor(callback.weights, dtype=torch.float64).reshape(-1, len(callback.task_names))
