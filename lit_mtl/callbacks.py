@@ -26,6 +26,8 @@ class TrainingPlots(Callback):
     writes ``task_weights.png`` / ``lr_schedule.png`` to the log dir and logs them as images
     (keys ``plots/task_weights``, ``plots/lr_schedule``).
 
+    Without a logger (``Trainer(logger=False)``) there is no log dir: nothing is written and
+    the history stays in the callback (``steps``, ``weights``, ``lrs``).
     The history is part of the callback's checkpoint state, so a resumed run plots the whole
     trajectory. Recording reads T numbers per recorded step (one device sync).
 
@@ -90,8 +92,8 @@ class TrainingPlots(Callback):
 
     # ------------------------------------------------------------------ plotting
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
+        if not trainer.is_global_zero or trainer.logger is None:
+            return  # no logger, no log dir: the history stays in the callback
         if self.task_weights and self.steps:
             fig = plot_task_weights(self.steps, self.weights, self.task_names)
             path = log_figure(trainer, "plots/task_weights", fig, "task_weights.png")

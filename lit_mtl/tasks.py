@@ -54,6 +54,13 @@ class TaskSpec:
         kind: ``"regression"``, ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
         num_outputs: regression output dimension, number of classes (multiclass), number of labels
             (multilabel); must be 1 for binary.
+
+    >>> TaskSpec("segmentation", "multiclass", 13).to_dict()
+    {'name': 'segmentation', 'kind': 'multiclass', 'num_outputs': 13}
+    >>> TaskSpec("depth/left")
+    Traceback (most recent call last):
+    ...
+    ValueError: TaskSpec.name 'depth/left' must not contain '/' or '.' ...
     """
 
     name: str

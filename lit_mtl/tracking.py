@@ -82,6 +82,9 @@ class WandbLogger(_LightningWandbLogger):
         if offline is None:
             mode = os.environ.get("WANDB_MODE", "").strip().lower()
             offline = mode in ("offline", "dryrun") if mode else not wandb_credentials_available()
+        # absolute: W&B's service process may run in another working directory (it is shared by
+        # every run of a process) and would write the .wandb log relative to its own
+        save_dir = str(Path(save_dir).resolve())
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         extra = {k: v for k, v in (("tags", tags), ("notes", notes), ("job_type", job_type)) if v}
         super().__init__(
@@ -98,8 +101,8 @@ class WandbLogger(_LightningWandbLogger):
 
 
 def plot_dir(trainer: L.Trainer) -> Path:
-    """Where a run's PNGs go: the W&B run's files directory, else the logger's log dir, else the
-    trainer's ``default_root_dir``."""
+    """Where a run's PNGs go: the W&B run's files directory, else the logger's log dir (or
+    ``save_dir``), else the trainer's ``default_root_dir``."""
     logger = trainer.logger
     if isinstance(logger, _LightningWandbLogger):
         experiment_dir = getattr(logger.experiment, "dir", None)

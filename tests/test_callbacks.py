@@ -93,3 +93,23 @@ def test_transfer_lr_schedule_recorded_and_plotted(tmp_path: Path) -> None:
 def test_every_n_steps_validated() -> None:
     with pytest.raises(ValueError, match="every_n_steps"):
         TrainingPlots(every_n_steps=0)
+
+
+def test_nothing_written_without_a_logger(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    dm = small_data()
+    trainer = fast_trainer(max_epochs=1, limit_train_batches=2, default_root_dir=tmp_path)
+    trainer.fit(small_module(dm), dm)
+    plots = _plots(trainer)
+    assert plots.steps and plots.paths == {}
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_history_kept_after_test(tmp_path: Path) -> None:
+    dm = small_data()
+    module = small_module(dm)
+    trainer = fast_trainer(max_epochs=1, logger=CSVLogger(tmp_path))
+    trainer.fit(module, dm)
+    steps = list(_plots(trainer).steps)
+    trainer.test(module, dm, verbose=False)
+    assert _plots(trainer).steps == steps and "task_weights" in _plots(trainer).paths

@@ -62,6 +62,10 @@ def min_norm_coefficients(gramian: Tensor | np.ndarray, tol: float = 1e-10) -> n
     Wolfe's exact min-norm-point algorithm expressed on the Gramian (finite, no step size).
     For T = 2 it reduces to Sener & Koltun's closed form
     ``gamma = clip(((g2 - g1) . g2) / ||g1 - g2||^2, 0, 1)``, a = (gamma, 1 - gamma).
+
+    >>> import numpy as np
+    >>> min_norm_coefficients(np.diag([1.0, 4.0])).round(6).tolist()  # orthogonal, norms 1 and 2
+    [0.8, 0.2]
     """
     g = _as_numpy(gramian)
     t = g.shape[0]
@@ -196,6 +200,10 @@ def imtl_g_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:
 
     a_{2:T} = g_1 U^T (D U^T)^{-1}, a_1 = 1 - sum a_{2:T}, with rows D_j = g_1 - g_j and
     U_j = u_1 - u_j; every product is read from the Gramian.
+
+    >>> import numpy as np
+    >>> imtl_g_coefficients(np.diag([1.0, 4.0])).round(6).tolist()  # g1 = (1, 0), g2 = (0, 2)
+    [0.666667, 0.333333]
     """
     g = _as_numpy(gramian)
     t = g.shape[0]

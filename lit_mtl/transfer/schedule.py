@@ -43,6 +43,11 @@ class UnfreezeSchedule:
         epoch: the unfreeze epoch of ``freeze_unfreeze``.
         every: epochs between two unfreezes of ``gradual``.
         milestones: for ``milestones``.
+
+    >>> UnfreezeSchedule("gradual", every=2).trainable(2, ["stem", "block1", "block2"])
+    ['block1', 'block2']
+    >>> UnfreezeSchedule("freeze_unfreeze", epoch=3).trainable(1, ["stem", "block1"])
+    []
     """
 
     kind: ScheduleKind = "no_freeze"
@@ -82,7 +87,11 @@ class UnfreezeSchedule:
 
 
 def discriminative_factors(groups: Sequence[str], decay: float) -> dict[str, float]:
-    """lr factor per group: decay**k for group k counted from the top (ULMFiT decay = 1/2.6)."""
+    """lr factor per group: decay**k for group k counted from the top (ULMFiT decay = 1/2.6).
+
+    >>> discriminative_factors(["stem", "block1", "block2"], 0.5)
+    {'stem': 0.25, 'block1': 0.5, 'block2': 1.0}
+    """
     names = list(groups)
     return {g: decay ** (len(names) - 1 - i) for i, g in enumerate(names)}
 

@@ -51,6 +51,13 @@ class UncertaintyWeighting(Weighting):
         self.weighting = UncertaintyWeighting(num_tasks=2, task_kinds=["regression", "multiclass"])
         ...
         loss = self.weighting(torch.stack([loss_a, loss_b]))
+
+    >>> import torch
+    >>> weighting = UncertaintyWeighting(task_kinds=["regression", "multiclass"])
+    >>> weighting(torch.tensor([2.0, 1.0])).item()  # s = 0: 0.5 * 2 + 1 * 1 (+ 0.5 * s = 0)
+    2.0
+    >>> weighting.last_weights.tolist()
+    [0.5, 1.0]
     """
 
     def __init__(
