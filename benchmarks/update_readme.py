@@ -1,8 +1,9 @@
 """Rewrite the README's result tables from benchmarks/results/*.json.
 
 Each table sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` and is replaced
-by the ``markdown`` field of ``benchmarks/results/NAME.json``; the command line stored in the JSON
-is printed under it.
+by the ``markdown`` field of ``benchmarks/results/NAME.json`` (or, for a method comparison,
+``benchmarks/results/NAME/results.json`` written by ``lit-mtl compare``); the command line stored
+in the JSON is printed under it.
 
     python benchmarks/update_readme.py
 """
@@ -18,9 +19,14 @@ BLOCK = re.compile(r"<!-- results:(?P<name>[\w-]+) -->.*?<!-- /results:(?P=name)
 
 
 def render(name: str) -> str:
-    data = json.loads((ROOT / "benchmarks" / "results" / f"{name}.json").read_text())
+    path = ROOT / "benchmarks" / "results" / f"{name}.json"
+    if not path.exists():
+        path = ROOT / "benchmarks" / "results" / name / "results.json"
+    data = json.loads(path.read_text())
+    notes = "".join(f"\n\n{data[k]}." for k in ("convention",) if k in data)
+    notes += f" {data['seconds_note']}" if "seconds_note" in data else ""
     return (
-        f"<!-- results:{name} -->\n{data['markdown'].strip()}\n\n"
+        f"<!-- results:{name} -->\n{data['markdown'].strip()}{notes}\n\n"
         f"Command: `{data['command']}`\n<!-- /results:{name} -->"
     )
 

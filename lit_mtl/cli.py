@@ -3,9 +3,12 @@
 lit-mtl fit --config configs/quickstart.yaml
 lit-mtl fit --config configs/quickstart.yaml --print_config
 lit-mtl --help
+lit-mtl compare --config configs/compare_mnist1d.yaml   (see lit_mtl.compare)
 """
 
 from __future__ import annotations
+
+import sys
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
@@ -23,6 +26,14 @@ class MultiTaskCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
         parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
+
+    def init_parser(self, **kwargs):  # type: ignore[no-untyped-def]
+        kwargs.setdefault(
+            "epilog",
+            "Method comparisons (single-task baselines, seeds, delta-m): "
+            "lit-mtl compare --config FILE  (lit-mtl compare --help)",
+        )
+        return super().init_parser(**kwargs)
 
 
 def build_cli(args: ArgsType = None, *, run: bool = True) -> MultiTaskCLI:
@@ -45,7 +56,16 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> MultiTaskCLI:
 
 
 def main(args: ArgsType = None) -> None:
-    """Entry point of the ``lit-mtl`` console script and ``python -m lit_mtl``."""
+    """Entry point of the ``lit-mtl`` console script and ``python -m lit_mtl``.
+
+    ``lit-mtl compare ...`` runs a method comparison (:mod:`lit_mtl.compare`); every other
+    subcommand (``fit``, ``validate``, ``test``, ``predict``) is Lightning's CLI."""
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    if argv and argv[0] == "compare":
+        from lit_mtl.compare import main as compare_main
+
+        compare_main(argv[1:])
+        return
     build_cli(args)
 
 

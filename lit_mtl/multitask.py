@@ -67,6 +67,8 @@ class MultiTaskModule(L.LightningModule):
         plots: add a :class:`~lit_mtl.callbacks.TrainingPlots` callback, which writes the
             task-weight trajectory (``task_weights.png``) to the log dir at the end of fit and
             logs it as an image to W&B / TensorBoard. ``False`` to leave callbacks to you.
+        select_tasks: train and evaluate only these tasks (e.g. a single-task baseline on a
+            multi-task DataModule); the batch's targets for the other tasks are ignored.
 
     Logged: ``train/loss``; per task ``{stage}/{task}/loss`` and ``{stage}/{task}/{metric}``;
     the task weights as ``train/{task}/weight``.
@@ -90,6 +92,7 @@ class MultiTaskModule(L.LightningModule):
         nonfinite_loss: Literal["raise", "skip"] = "raise",
         lr_scheduler_monitor: str = "val/loss",
         plots: bool = True,
+        select_tasks: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
         # Under the lit-mtl CLI the hyperparameters are the parsed config (class_path/init_args
@@ -103,7 +106,18 @@ class MultiTaskModule(L.LightningModule):
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"MultiTaskModule: task names must be unique, got {names}")
-        self.hparams["tasks"] = [s.to_dict() for s in specs]
+        self.hparams["tasks"] = [s.to_dict() for s in specs]  # all of them; selection is its own
+        self._ignored_tasks: frozenset[str] = frozenset()
+        if select_tasks is not None:
+            unknown = sorted(set(select_tasks) - set(names))
+            if unknown or not select_tasks:
+                raise ValueError(
+                    f"MultiTaskModule: select_tasks={list(select_tasks)} must name some of the "
+                    f"tasks {names}" + (f"; unknown: {unknown}" if unknown else "")
+                )
+            self._ignored_tasks = frozenset(set(names) - set(select_tasks))
+            specs = [s for s in specs if s.name in select_tasks]
+            names = [s.name for s in specs]
         if nonfinite_loss not in ("raise", "skip"):
             raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
         width = getattr(encoder, "out_features", None)
@@ -166,7 +180,7 @@ class MultiTaskModule(L.LightningModule):
                 "targets must be a dict {task name: tensor}; the model's tasks are "
                 f"{self.task_names}"
             )
-        unknown = sorted(set(targets) - set(self.tasks))
+        unknown = sorted(set(targets) - set(self.tasks) - self._ignored_tasks)
         if unknown:
             raise KeyError(
                 f"batch has targets for unknown task(s) {unknown}; the model's tasks are "
@@ -178,7 +192,7 @@ class MultiTaskModule(L.LightningModule):
                 f"batch has no targets for task(s) {missing}; mark missing labels with NaN, -100 "
                 "or a mask instead of leaving a task out"
             )
-        unknown_masks = sorted(set(masks) - set(self.tasks))
+        unknown_masks = sorted(set(masks) - set(self.tasks) - self._ignored_tasks)
         if unknown_masks:
             raise KeyError(f"batch has masks for unknown task(s) {unknown_masks}")
 
@@ -359,7 +373,13 @@ class MultiTaskModule(L.LightningModule):
     def configure_callbacks(self) -> list:
         from lit_mtl.callbacks import TrainingPlots
 
-        return [TrainingPlots()] if self.plots else []
+        if not self.plots:
+            return []
+        # one instance for the module's lifetime: Lightning re-attaches model callbacks on every
+        # fit/validate/test, and a fresh one would drop the recorded history
+        if getattr(self, "_training_plots", None) is None:
+            self._training_plots = TrainingPlots()
+        return [self._training_plots]
 
 
 def _task_metrics(spec: TaskSpec, prefix: str) -> nn.Module:

@@ -276,3 +276,18 @@ def test_log_c_reference() -> None:
     dm = small_data()
     module = small_module(dm)
     assert module.tasks["cls0"].baseline_loss() == pytest.approx(math.log(3))
+
+
+def test_select_tasks_trains_a_single_task_on_multitask_batches(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    dm = small_data()
+    module = small_module(dm, select_tasks=["reg1"])
+    assert module.task_names == ["reg1"]
+    trainer = fast_trainer(max_epochs=1, limit_train_batches=3, limit_val_batches=2)
+    trainer.fit(module, dm)
+    assert "val/reg1/mse" in trainer.callback_metrics
+    assert not any(k.startswith("val/reg0") for k in trainer.callback_metrics)
+    assert [t["name"] for t in module.hparams["tasks"]] == ["reg0", "reg1", "cls0"]
+    with pytest.raises(ValueError, match="unknown: \\['nope'\\]"):
+        small_module(dm, select_tasks=["nope"])
+    with pytest.raises(ValueError, match="select_tasks"):
+        small_module(dm, select_tasks=[])

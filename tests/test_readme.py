@@ -45,6 +45,16 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "`Trainer.fit` stopped: `max_epochs=10` reached." in out.stderr
     assert list((tmp_path / "lightning_logs" / "quickstart").rglob("*.ckpt"))
+    # the plots a new user is promised, next to the logs
+    assert list((tmp_path / "lightning_logs" / "quickstart").rglob("task_weights.png"))
+
+
+def test_readme_wandb_command_is_the_one_tested() -> None:
+    """tests/test_tracking.py runs exactly these configs in offline mode."""
+    assert "lit-mtl fit --config configs/quickstart.yaml --config configs/logger/wandb.yaml" in (
+        README
+    )
+    assert (ROOT / "configs" / "logger" / "wandb.yaml").exists()
 
 
 PY_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
