@@ -135,3 +135,57 @@ def test_fused_backward_equals_backward_of_weighted_losses(factory) -> None:  # 
     for name, p in module.named_parameters():
         if name in fused:
             assert torch.allclose(fused[name], p.grad, rtol=1e-4, atol=1e-6), name
+
+
+class _LinearOut(torch.nn.Module):
+    """An encoder whose output is the last Linear's output itself (no activation after it)."""
+
+    def __init__(self, in_features: int) -> None:
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(in_features, 16), torch.nn.Tanh())
+        self.last = torch.nn.Linear(16, 12)
+        self.out_features = 12
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last(self.body(x))
+
+
+@pytest.mark.parametrize("encoder_kind", ["mlp_relu_after_W", "linear_output", "batchnorm"])
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_gradnorm_single_backward_path_equals_two_pass_path(
+    encoder_kind: str, accumulate: int
+) -> None:
+    """GradNorm reads grad_W L_i off the ordinary backward (hooks); the weights, L(0), Adam
+    moments and the model must match the two-pass computation exactly."""
+    from lit_mtl import MLPEncoder
+
+    def run(fast: bool) -> tuple[dict, dict]:
+        L.seed_everything(0)
+        dm = small_data(missing_fraction={"reg1": 0.5})
+        if encoder_kind == "linear_output":
+            encoder: torch.nn.Module = _LinearOut(dm.in_features)
+        else:
+            encoder = MLPEncoder(dm.in_features, [16, 16], batch_norm=encoder_kind == "batchnorm")
+        weighting = GradNorm(alpha=1.5)
+        if not fast:
+            weighting._fast_path_applies = lambda *a: False  # type: ignore[method-assign]
+        # SGD: Adam would blow the round-off gradient of a Linear bias right before BatchNorm
+        # (BN removes the mean) up to full-size steps that differ between summation orders
+        module = small_module(
+            dm, weighting, encoder=encoder, optimizer=lambda p: torch.optim.SGD(p, lr=0.05)
+        )
+        calls = []
+        original = weighting._combine_in_backward
+        weighting._combine_in_backward = lambda *a: calls.append(1) or original(*a)  # type: ignore[method-assign]
+        fast_trainer(max_epochs=2, accumulate_grad_batches=accumulate).fit(module, dm)
+        assert bool(calls) == fast
+        state = {k: v.clone() for k, v in weighting.state_dict().items()}
+        return state, {k: v.clone() for k, v in module.state_dict().items()}
+
+    fast_state, fast_model = run(True)
+    slow_state, slow_model = run(False)
+    assert not torch.equal(fast_state["w"], torch.ones_like(fast_state["w"]))
+    for key in ("w", "initial_losses", "exp_avg", "exp_avg_sq", "adam_step"):
+        torch.testing.assert_close(fast_state[key], slow_state[key], rtol=1e-4, atol=1e-6)
+    for key, value in fast_model.items():
+        torch.testing.assert_close(value, slow_model[key], rtol=1e-4, atol=1e-6, msg=key)

@@ -90,6 +90,24 @@ def resolve_shared_target(encoder: nn.Module, target: str) -> list[nn.Parameter]
     return params
 
 
+class _InjectGradients(torch.autograd.Function):
+    """``value`` (a constant) as a graph node whose backward hands every input its precomputed
+    gradient (times the incoming gradient): one node instead of a multiply and a sum per
+    tensor."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, num_inputs: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.num_inputs = num_inputs
+        ctx.grads = tensors[num_inputs:]
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[no-untyped-def, override]
+        grads = torch._foreach_mul(list(ctx.grads), grad_output)
+        ctx.grads = ()
+        return (None, None, *grads, *([None] * ctx.num_inputs))
+
+
 class GradientWeighting(Weighting):
     """Base of the methods that combine per-task gradients (see the module docstring).
 
@@ -177,11 +195,14 @@ class GradientWeighting(Weighting):
                     scaled, flags, list(task_representations), self._head_params
                 )
                 if head_grads is not None:
-                    unscale = 1.0 if loss_scale is None else 1.0 / loss_scale
-                    self._fused = (
-                        gz * unscale,
-                        [[None if g is None else g * unscale for g in gs] for gs in head_grads],
-                    )
+                    if loss_scale is None:
+                        self._fused = (gz, head_grads)
+                    else:
+                        unscale = 1.0 / loss_scale
+                        self._fused = (
+                            gz * unscale,
+                            [[None if g is None else g * unscale for g in gs] for gs in head_grads],
+                        )
             else:
                 gz = self._grads_of(scaled, flags, [representation])[0]  # (T, *z.shape)
             if params is None:
@@ -191,8 +212,8 @@ class GradientWeighting(Weighting):
                 if self._fused is not None and self.target == "shared":
                     # J covers every encoder parameter: the encoder's gradient is c @ J, no
                     # second backward through the encoder is needed (as TorchJD's jac_to_grad)
-                    unscale = 1.0 if loss_scale is None else 1.0 / loss_scale
-                    self._shared_jac = (params, jac * unscale)
+                    scaled_jac = jac if loss_scale is None else jac / loss_scale
+                    self._shared_jac = (params, scaled_jac)
         else:
             assert params is not None
             rows = self._grads_of(scaled, flags, params)
@@ -212,9 +233,7 @@ class GradientWeighting(Weighting):
         given) each head's own gradients, all in ONE backward pass: L_i depends on z only through
         z_i and on no other head, so the gradient of sum_i L_i w.r.t. z_i is d L_i / d z."""
         chosen = [i for i, f in enumerate(flags) if f and losses[i].requires_grad]
-        out = torch.zeros(
-            (len(flags), *views[0].shape), device=views[0].device, dtype=views[0].dtype
-        )
+        out: Tensor | None = None
         heads: list[list[Tensor | None]] | None = None
         if head_params is not None:
             heads = [[None] * len(ps) for ps in head_params]
@@ -229,12 +248,19 @@ class GradientWeighting(Weighting):
                             owners.append((i, k))
             total = torch.stack([losses[i].reshape(()) for i in chosen]).sum()
             grads = torch.autograd.grad(total, inputs, retain_graph=True, allow_unused=True)
-            for i, g in zip(chosen, grads[: len(chosen)], strict=True):
-                if g is not None:
-                    out[i] = g
+            view_grads = grads[: len(chosen)]
+            if len(chosen) == len(flags) and all(g is not None for g in view_grads):
+                out = torch.stack(view_grads)  # every task present: one allocation
+            else:
+                out = views[0].new_zeros((len(flags), *views[0].shape))
+                for i, g in zip(chosen, view_grads, strict=True):
+                    if g is not None:
+                        out[i] = g
             if heads is not None:
                 for (i, k), g in zip(owners, grads[len(chosen) :], strict=True):
                     heads[i][k] = g
+        if out is None:
+            out = views[0].new_zeros((len(flags), *views[0].shape))
         return out, heads
 
     @staticmethod
@@ -340,24 +366,36 @@ class GradientWeighting(Weighting):
             return value
         gz, head_grads = fused
         w = self.last_weights.to(gz.dtype)
+        inputs: list[Tensor] = []
+        grads: list[Tensor] = []
         shared_jac, self._shared_jac = self._shared_jac, None
         if shared_jac is not None:  # encoder gradient c @ J directly on its parameters
             params, jac = shared_jac
             flat = (w.to(jac.dtype) @ jac).detach()  # (P,)
-            surrogate = torch.zeros((), device=jac.device, dtype=jac.dtype)
             offset = 0
             for p in params:
                 n = p.numel()
-                surrogate = surrogate + (p * flat[offset : offset + n].view_as(p).to(p.dtype)).sum()
+                inputs.append(p)
+                grads.append(flat[offset : offset + n].view_as(p).to(p.dtype))
                 offset += n
         else:
             combined = torch.tensordot(w, gz, dims=1).to(representation.dtype)  # sum_i c_i gz_i
-            surrogate = (representation * combined.detach()).sum()
-        for i, grads in enumerate(head_grads):
-            for p, g in zip(self._head_params[i], grads, strict=True):
+            inputs.append(representation)
+            grads.append(combined.detach())
+        head_inputs: list[Tensor] = []
+        head_grads_flat: list[Tensor] = []
+        head_scales: list[float] = []
+        w_list = w.tolist()
+        for i, task_grads in enumerate(head_grads):
+            for p, g in zip(self._head_params[i], task_grads, strict=True):
                 if g is not None:
-                    surrogate = surrogate + (p * (w[i] * g).to(p.dtype).detach()).sum()
-        return value.detach() + surrogate - surrogate.detach()
+                    head_inputs.append(p)
+                    head_grads_flat.append(g.to(p.dtype).detach())
+                    head_scales.append(w_list[i])
+        if head_inputs:
+            inputs += head_inputs
+            grads += torch._foreach_mul(head_grads_flat, head_scales)
+        return _InjectGradients.apply(value.detach(), len(inputs), *inputs, *grads)
 
     def _solve(self, gramian: Tensor, losses: Tensor, present: Tensor) -> Tensor:
         idx = present.nonzero().flatten().tolist()

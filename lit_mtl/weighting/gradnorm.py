@@ -6,10 +6,11 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lit_mtl.functional.distributed import masked_mean_over_ranks
+from lit_mtl.functional.distributed import all_reduce_mean, masked_mean_over_ranks, world_size
 from lit_mtl.functional.optim import adam_step
 from lit_mtl.weighting.gradient import GradientWeighting
 
@@ -31,6 +32,105 @@ def gradnorm_weight_gradient(
     target = g.mean() * r**alpha
     diff = g - target
     return torch.sign(diff) * grad_norms, diff.abs().sum()
+
+
+def gradnorm_weight_gradient_np(
+    weights: np.ndarray,
+    grad_norms: np.ndarray,
+    losses: np.ndarray,
+    initial_losses: np.ndarray,
+    alpha: float,
+) -> tuple[np.ndarray, float]:
+    """:func:`gradnorm_weight_gradient` on float64 numpy vectors (the per-step path)."""
+    g = weights * grad_norms
+    ratio = losses / initial_losses
+    r = ratio / ratio.mean()
+    diff = g - g.mean() * r**alpha
+    return np.sign(diff) * grad_norms, float(np.abs(diff).sum())
+
+
+class _LastLayerGradients:
+    """Per-task gradients of a Linear layer's weight, read off one ordinary backward by hooks.
+
+    ``root_hook`` (on the returned loss) records c, the gradient flowing into it (1 / accumulation
+    steps, times the fp16 loss scale); ``view_hook(i)`` receives c w_i dL_i/dz from task i's view of
+    z; once all have arrived, they are pulled back to the layer's output u in one batched
+    vector-Jacobian product (only through what lies between u and z) and
+    grad_W L_i = G_i^T a / (c w_i) is formed by one matrix product.
+    """
+
+    def __init__(
+        self, a: Tensor, u: Tensor, z: Tensor, weights: Tensor, tasks: list[int], num_tasks: int
+    ) -> None:
+        self.a = a.reshape(-1, a.shape[-1]).float()  # (M, E)
+        self.u: Tensor | None = u
+        self.z: Tensor | None = z
+        self.weights = weights
+        self.tasks = tasks
+        self.num_tasks = num_tasks
+        self.scale: Tensor | None = None
+        self.grads: dict[int, Tensor] = {}
+        self.rows: dict[int, Tensor] = {}
+
+    @property
+    def done(self) -> bool:
+        return self.scale is not None and len(self.rows) == len(self.tasks)
+
+    def root_hook(self, grad: Tensor) -> None:
+        self.scale = grad.detach().float().reshape(())
+
+    def view_hook(self, i: int):  # type: ignore[no-untyped-def]
+        def hook(grad: Tensor) -> None:
+            self.grads[i] = grad.detach()
+            if len(self.grads) == len(self.tasks):  # the last one: all T at once
+                self._pull_back()
+
+        return hook
+
+    def _pull_back(self) -> None:
+        order = sorted(self.grads)
+        gz = torch.stack([self.grads[i] for i in order])  # (k, *z.shape), c w_i dL_i/dz
+        if self.u is not self.z:  # through what lies between W's output and z (e.g. ReLU)
+            try:
+                gu = torch.autograd.grad(
+                    self.z, self.u, grad_outputs=gz, retain_graph=True, is_grads_batched=True
+                )[0]
+            except RuntimeError:  # an op without a vmap rule
+                gu = torch.stack(
+                    [
+                        torch.autograd.grad(self.z, self.u, grad_outputs=g, retain_graph=True)[0]
+                        for g in gz
+                    ]
+                )
+        else:
+            gz_u = gz
+            gu = gz_u
+        k = gu.shape[0]
+        g = gu.reshape(k, -1, gu.shape[-1]).float()  # (k, M, D)
+        assert self.scale is not None
+        scale = self.scale * self.weights[order]  # (k,) c w_i
+        rows = torch.matmul(g.mT, self.a).reshape(k, -1)  # (k, D*E): G_i^T a, batched
+        rows = rows / scale[:, None]
+        if world_size() > 1:  # the rows are averaged over ranks before taking norms
+            self.rows = dict(zip(order, rows.unbind(0), strict=True))
+        else:  # single process: only the squared norms are needed
+            self.rows = dict(zip(order, (rows * rows).sum(1).unbind(0), strict=True))
+        self.grads.clear()
+        self.u = self.z = None  # release the graph tensors
+
+    def squared_norms(self) -> Tensor:
+        """(T,) ||grad_W L_i||^2 (zeros for the tasks not present); under DDP of the grad_W L_i
+        averaged over ranks, as :meth:`GradientWeighting.reduced_gramian` does for parameters."""
+        some = next(iter(self.rows.values()))
+        if world_size() == 1:
+            out = some.new_zeros(self.num_tasks)
+            out[list(self.rows)] = torch.stack(list(self.rows.values()))
+            return out
+        jac = some.new_zeros((self.num_tasks, some.numel()))
+        for i, row in self.rows.items():
+            jac[i] = row
+        jac = all_reduce_mean(jac)
+        return (jac * jac).sum(1)
 
 
 class GradNorm(GradientWeighting):
@@ -55,8 +155,15 @@ class GradNorm(GradientWeighting):
     per optimizer step. DDP: the gradient norms come from the rank-reduced Gramian and the losses
     are averaged across ranks, so every rank computes the same update and w stays identical.
     State (all in the module's state_dict): w, L(0), w's Adam moments and the pending gradient.
-    Cost: T gradient calls to W (only the heads and the last layer are differentiated for the
-    default W).
+    Cost: when W is a Linear layer of the encoder (the default, last shared layer) and the heads
+    read per-task views of z (as in MultiTaskModule), ONE ordinary backward, as for equal
+    weighting: w of this step does not depend on this step's gradients, so the loss is returned at
+    once and hooks read each task's dL_i/dz off that backward, pull them back to W's output in one
+    batched product (only through what lies between W and z, e.g. its activation) and form
+    grad_W L_i = G_i^T a from W's input a (one batched matrix product); the norms enter w's update
+    in :meth:`on_optimizer_step`. Otherwise (other targets, drop-in use without views): per-task
+    gradients w.r.t. z in one backward through the heads, pulled back to W in one batched
+    vector-Jacobian product, before the final backward.
     """
 
     def __init__(
@@ -72,6 +179,11 @@ class GradNorm(GradientWeighting):
             raise ValueError(f"initial_loss must be 'first' or 'log_c', got {initial_loss!r}")
         if lr <= 0:
             raise ValueError(f"GradNorm: lr must be > 0, got {lr}")
+        self._capture_handle: torch.utils.hooks.RemovableHandle | None = None
+        # a tuple, so that nn.Module does not register the encoder's layer as our submodule
+        self._linear: tuple[torch.nn.Linear, ...] = ()
+        self._captured: tuple[Tensor, Tensor] | None = None
+        self._records: list[tuple[_LastLayerGradients, Tensor, Tensor]] = []
         self.alpha = float(alpha)
         self.lr = float(lr)
         self.initial_loss = initial_loss
@@ -104,6 +216,39 @@ class GradNorm(GradientWeighting):
             if v is not None:
                 self.initial_losses[i] = float(v)
 
+    # ------------------------------------------------------------------ the fast path
+    def _bind_encoder(self, encoder: torch.nn.Module) -> None:
+        super()._bind_encoder(encoder)
+        if self._capture_handle is not None:
+            self._capture_handle.remove()
+            self._capture_handle = None
+        self._linear = ()
+        params = self._target_params or []
+        if len(params) != 1:
+            return
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Linear) and module.weight is params[0]:
+                self._linear = (module,)
+                self._capture_handle = module.register_forward_hook(self._capture)
+                break
+
+    def _capture(self, module: torch.nn.Module, inputs: tuple, output: Tensor) -> None:
+        """Forward hook on W's Linear: keep its input and output of the training forward."""
+        if module.training and torch.is_grad_enabled() and output.requires_grad:
+            self._captured = (inputs[0].detach(), output)
+
+    def _fast_path_applies(self, representation, task_representations) -> bool:  # type: ignore[no-untyped-def]
+        return (
+            bool(self._linear)
+            and self._captured is not None
+            and self._linear[0].weight.requires_grad
+            and task_representations is not None
+            and len(task_representations) == self.num_tasks
+            and representation is not None
+            and representation.requires_grad
+            and torch.is_grad_enabled()
+        )
+
     def combine(
         self,
         losses,
@@ -115,38 +260,94 @@ class GradNorm(GradientWeighting):
         loss_scale,
         task_representations=None,
     ):  # type: ignore[no-untyped-def]
-        present_all = present
+        if self._fast_path_applies(representation, task_representations):
+            return self._combine_in_backward(
+                losses, task_losses, present, representation, task_representations
+            )
+        self._captured = None
         jacobian = self.task_gradients(
             task_losses, present, representation, shared_params, loss_scale, task_representations
         )
         gramian = self.reduced_gramian(jacobian)
-        norms = gramian.diagonal().clamp(min=0).sqrt()  # ||grad_W L_i||, identical on all ranks
         mean_losses, present_all = masked_mean_over_ranks(losses, present)
+        self._accumulate(gramian.diagonal(), mean_losses, present_all)
+        return self._finish(self.w.detach().to(losses.dtype), losses, present_all, representation)
+
+    def _combine_in_backward(
+        self,
+        losses: Tensor,
+        task_losses: Sequence[Tensor],
+        present: Tensor,
+        representation: Tensor,
+        views: Sequence[Tensor],
+    ) -> Tensor:
+        """The weights of this step do not depend on this step's gradients (they only drive
+        w's own update, applied after the step), so the loss is returned at once and ONE ordinary
+        backward runs (as for equal weighting). Hooks read each task's gradient w.r.t. z off
+        that backward (each head reads its own view of z), pull it back to W's output (through
+        whatever lies between W and z), and form grad_W L_i = G_i^T a from W's input a; the norms
+        are reduced across ranks and applied in :meth:`on_optimizer_step`."""
+        a, u = self._captured  # type: ignore[misc]
+        self._captured = None
+        mean_losses, present_all = masked_mean_over_ranks(losses, present)
+        weights = self.w.detach().to(losses.dtype)
+        value = self._weighted_sum(weights, losses, present_all)
+        tasks = [
+            i
+            for i, flag in enumerate(present_all.tolist())
+            if flag and task_losses[i].requires_grad
+        ]
+        record = _LastLayerGradients(
+            a, u, representation, self.last_weights.detach().float(), tasks, self.num_tasks
+        )
+        value.register_hook(record.root_hook)
+        for i in tasks:
+            views[i].register_hook(record.view_hook(i))
+        self._records.append((record, mean_losses.detach(), present_all))
+        return value
+
+    def _accumulate(self, sq_norms: Tensor, mean_losses: Tensor, present_all: Tensor) -> None:
+        """Add dL_grad/dw of one micro-batch to the pending gradient (CPU float64 math on a few
+        T-vectors; identical on all ranks: norms and losses are already rank-reduced)."""
         with torch.no_grad():
-            unset = torch.isnan(self.initial_losses) & present_all
-            self.initial_losses[unset] = mean_losses[unset].to(self.initial_losses.dtype)
-            usable = present_all & (self.initial_losses > 0) & torch.isfinite(norms)
-            if bool(usable.sum() >= 2):
-                idx = usable.nonzero().flatten()
-                grad_w, l_grad = gradnorm_weight_gradient(
-                    self.w[idx],
-                    norms[idx].to(self.w.dtype),
-                    mean_losses[idx].to(self.w.dtype),
-                    self.initial_losses[idx],
-                    self.alpha,
+            packed = torch.cat(
+                [
+                    sq_norms.detach().double(),
+                    mean_losses.detach().double(),
+                    present_all.double(),
+                    self.initial_losses.double(),
+                    self.w.double(),
+                ]
+            ).cpu()
+            sq, ml, pa, init, w = packed.numpy().reshape(5, -1)
+            norms = np.sqrt(np.maximum(sq, 0.0))  # ||grad_W L_i||
+            pa = pa.astype(bool)
+            unset = np.isnan(init) & pa
+            if unset.any():
+                init = np.where(unset, ml, init)
+                self.initial_losses.copy_(torch.from_numpy(init))
+            usable = pa & (init > 0) & np.isfinite(norms)
+            if usable.sum() >= 2:
+                grad_w, l_grad = gradnorm_weight_gradient_np(
+                    w[usable], norms[usable], ml[usable], init[usable], self.alpha
                 )
-                full = torch.zeros_like(self.w)
-                full[idx] = grad_w
-                self.pending_grad += full
+                full = np.zeros_like(w)
+                full[usable] = grad_w
+                self.pending_grad.add_(torch.from_numpy(full).to(self.pending_grad))
                 self.pending_count += 1
                 self.last_grad_loss.fill_(float(l_grad))
-        return self._finish(self.w.detach().to(losses.dtype), losses, present_all, representation)
 
     @torch.no_grad()
     def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]
-        if float(self.pending_count) == 0:
+        records, self._records = self._records, []
+        for record, mean_losses, present_all in records:
+            if not record.done:
+                continue  # no backward ran for that micro-batch (e.g. a skipped step)
+            self._accumulate(record.squared_norms(), mean_losses, present_all)
+        count = float(self.pending_count)
+        if count == 0:
             return
-        grad = self.pending_grad / self.pending_count
+        grad = self.pending_grad / count
         adam_step(self.w, grad, self.exp_avg, self.exp_avg_sq, self.adam_step, lr=self.lr)
         self.w.clamp_(min=self.min_weight)
         self.w.mul_(self.num_tasks / self.w.sum())
