@@ -180,3 +180,17 @@ def test_shipped_comparison_configs_run_at_tiny_size(path: Path, tmp_path: Path)
     config.fit["trainer"].update(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     summary = run_comparison(config, log=lambda _: None)
     assert [r["method"] for r in summary["rows"]] == ["single-task", *first_two]
+
+
+def test_cli_overrides_seeds_methods_and_output_dir(tmp_path: Path) -> None:
+    path = write(tmp_path, tiny(tmp_path, single_task=False))
+    other = str(tmp_path / "other")
+    args = ["--seeds", "3", "--methods", "equal", "--output-dir", other]
+    summary = cli_main(["compare", "--config", str(path), *args])
+    assert summary is None  # the console entry point prints; the table is on disk
+    results = json.loads((tmp_path / "other" / "results.json").read_text())
+    assert results["seeds"] == [3]
+    assert [r["method"] for r in results["rows"]] == ["equal"]
+    assert (tmp_path / "other" / "runs" / "equal" / "seed3" / "result.json").exists()
+    with pytest.raises(SystemExit):
+        cli_main(["compare", "--config", str(path), "--methods", "nope"])
