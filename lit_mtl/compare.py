@@ -365,7 +365,7 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
     return "-" if math.isnan(mean) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def _metric_digits(key: str, rows: Sequence[Mapping]) -> tuple[float, int]:
+def _metric_digits(key: str) -> tuple[float, int]:
     """Percent for accuracy-like metrics in [0, 1], else 3 significant decimals."""
     if key.rsplit("/", 1)[-1] in ("acc", "f1"):
         return 100.0, 1
@@ -380,7 +380,7 @@ def to_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     for row in rows:
         cells = [row["method"]]
         for k in keys:
-            scale, digits = _metric_digits(k, rows)
+            scale, digits = _metric_digits(k)
             mean, std = row[k]
             cells.append(_fmt(mean * scale, std * scale, digits))
         cells.append(_fmt(*row["delta_m"]))

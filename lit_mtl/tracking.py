@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 import lightning as L
 import yaml
 from lightning.pytorch.cli import SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -126,8 +126,7 @@ def log_figure(trainer: L.Trainer, key: str, figure: Figure, filename: str) -> P
             logger.log_image(key=key, images=[str(path)], step=trainer.global_step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(key, figure, global_step=trainer.global_step)
-        elif isinstance(logger, CSVLogger):
-            pass  # the PNG in its log dir is what CSV can hold
+        # a CSVLogger cannot hold images: the PNG in its log dir is the plot
     return path
 
 

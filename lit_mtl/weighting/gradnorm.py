@@ -6,11 +6,10 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from lit_mtl.functional.distributed import all_reduce_mean, masked_mean_over_ranks, world_size
+from lit_mtl.functional.distributed import all_reduce_mean, masked_mean_over_ranks
 from lit_mtl.functional.optim import adam_step
 from lit_mtl.weighting.gradient import GradientWeighting
 
@@ -32,21 +31,6 @@ def gradnorm_weight_gradient(
     target = g.mean() * r**alpha
     diff = g - target
     return torch.sign(diff) * grad_norms, diff.abs().sum()
-
-
-def gradnorm_weight_gradient_np(
-    weights: np.ndarray,
-    grad_norms: np.ndarray,
-    losses: np.ndarray,
-    initial_losses: np.ndarray,
-    alpha: float,
-) -> tuple[np.ndarray, float]:
-    """:func:`gradnorm_weight_gradient` on float64 numpy vectors (the per-step path)."""
-    g = weights * grad_norms
-    ratio = losses / initial_losses
-    r = ratio / ratio.mean()
-    diff = g - g.mean() * r**alpha
-    return np.sign(diff) * grad_norms, float(np.abs(diff).sum())
 
 
 class _LastLayerGradients:
@@ -103,18 +87,13 @@ class _LastLayerGradients:
                     ]
                 )
         else:
-            gz_u = gz
-            gu = gz_u
+            gu = gz
         k = gu.shape[0]
         g = gu.reshape(k, -1, gu.shape[-1]).float()  # (k, M, D)
         assert self.scale is not None
         scale = self.scale * self.weights[order]  # (k,) c w_i
         rows = torch.matmul(g.mT, self.a).reshape(k, -1)  # (k, D*E): G_i^T a, batched
-        rows = rows / scale[:, None]
-        if world_size() > 1:  # the rows are averaged over ranks before taking norms
-            self.rows = dict(zip(order, rows.unbind(0), strict=True))
-        else:  # single process: only the squared norms are needed
-            self.rows = dict(zip(order, (rows * rows).sum(1).unbind(0), strict=True))
+        self.rows = dict(zip(order, (rows / scale[:, None]).unbind(0), strict=True))
         self.grads.clear()
         self.u = self.z = None  # release the graph tensors
 
@@ -122,14 +101,10 @@ class _LastLayerGradients:
         """(T,) ||grad_W L_i||^2 (zeros for the tasks not present); under DDP of the grad_W L_i
         averaged over ranks, as :meth:`GradientWeighting.reduced_gramian` does for parameters."""
         some = next(iter(self.rows.values()))
-        if world_size() == 1:
-            out = some.new_zeros(self.num_tasks)
-            out[list(self.rows)] = torch.stack(list(self.rows.values()))
-            return out
         jac = some.new_zeros((self.num_tasks, some.numel()))
         for i, row in self.rows.items():
             jac[i] = row
-        jac = all_reduce_mean(jac)
+        jac = all_reduce_mean(jac)  # identity in a single process
         return (jac * jac).sum(1)
 
 
@@ -319,21 +294,21 @@ class GradNorm(GradientWeighting):
                     self.w.double(),
                 ]
             ).cpu()
-            sq, ml, pa, init, w = packed.numpy().reshape(5, -1)
-            norms = np.sqrt(np.maximum(sq, 0.0))  # ||grad_W L_i||
-            pa = pa.astype(bool)
-            unset = np.isnan(init) & pa
-            if unset.any():
-                init = np.where(unset, ml, init)
-                self.initial_losses.copy_(torch.from_numpy(init))
-            usable = pa & (init > 0) & np.isfinite(norms)
-            if usable.sum() >= 2:
-                grad_w, l_grad = gradnorm_weight_gradient_np(
+            sq, ml, pa, init, w = packed.view(5, -1).unbind(0)
+            norms = sq.clamp(min=0).sqrt()  # ||grad_W L_i||
+            pa = pa.bool()
+            unset = torch.isnan(init) & pa
+            if bool(unset.any()):
+                init = torch.where(unset, ml, init)
+                self.initial_losses.copy_(init)
+            usable = pa & (init > 0) & torch.isfinite(norms)
+            if int(usable.sum()) >= 2:
+                grad_w, l_grad = gradnorm_weight_gradient(
                     w[usable], norms[usable], ml[usable], init[usable], self.alpha
                 )
-                full = np.zeros_like(w)
+                full = torch.zeros_like(w)
                 full[usable] = grad_w
-                self.pending_grad.add_(torch.from_numpy(full).to(self.pending_grad))
+                self.pending_grad.add_(full.to(self.pending_grad))
                 self.pending_count += 1
                 self.last_grad_loss.fill_(float(l_grad))
 
