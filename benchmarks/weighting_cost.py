@@ -46,6 +46,7 @@ from lit_mtl import (
     PCGrad,
     UncertaintyWeighting,
     Weighting,
+    task_views,
 )
 
 OURS: dict[str, Callable[[], Weighting]] = {
@@ -95,7 +96,7 @@ class ToyModel(nn.Module):
     ) -> tuple[list[torch.Tensor], torch.Tensor, list[torch.Tensor] | None]:
         """Task losses, z, and (as MultiTaskModule does for gradient methods) per-task views."""
         z = self.encoder(x)  # (N, 100)
-        zs = [z.view_as(z) for _ in self.heads] if views else [z] * len(self.heads)
+        zs = task_views(z, len(self.heads)) if views else [z] * len(self.heads)
         losses = [
             ((head(zi) - y) ** 2).mean() for head, zi, y in zip(self.heads, zs, ys, strict=True)
         ]

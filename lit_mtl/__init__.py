@@ -35,6 +35,7 @@ from lit_mtl.weighting import (
     StaticWeighting,
     UncertaintyWeighting,
     Weighting,
+    task_views,
 )
 
 __version__ = "0.1.0"
@@ -77,5 +78,6 @@ __all__ = [
     "Weighting",
     "__version__",
     "load_source_into",
+    "task_views",
     "unpack_batch",
 ]

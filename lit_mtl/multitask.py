@@ -14,7 +14,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec
-from lit_mtl.weighting import EqualWeighting, Weighting, stack_losses
+from lit_mtl.weighting import EqualWeighting, Weighting, stack_losses, task_views
 
 __all__ = ["MultiTaskModule", "unpack_batch"]
 
@@ -213,14 +213,11 @@ class MultiTaskModule(L.LightningModule):
         if wants_z_grads and torch.is_grad_enabled() and not z.requires_grad:
             z = z.detach().requires_grad_()  # frozen encoder: the heads' gradients w.r.t. z
         views = wants_z_grads and z.requires_grad
-        self._task_views: list[Tensor] | None = [] if views else None
+        self._task_views: list[Tensor] | None = task_views(z, len(self.tasks)) if views else None
         losses: list[Tensor] = []
         present: list[Tensor] = []
-        for name, task in self.tasks.items():
-            z_task = z.view_as(z) if views else z
-            if self._task_views is not None:
-                self._task_views.append(z_task)
-            pred = task(z_task)  # (N,) or (N, d)
+        for i, (name, task) in enumerate(self.tasks.items()):
+            pred = task(z if self._task_views is None else self._task_views[i])  # (N,) or (N, d)
             target, mask = targets[name], masks.get(name)
             task.check_target(pred, target)
             losses.append(task.loss(pred, target, mask))  # scalar, 0 when unlabelled

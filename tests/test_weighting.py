@@ -258,23 +258,19 @@ PINNED = [
     # w = (1, 1), ||grad L|| = (1, 3), L = L0: r = 1, G = (1, 3), target = 2 -> sign(-1, 1) * (1, 3)
     (
         "gradnorm dL/dw",
-        lambda: gradnorm_weight_gradient(
-            torch.ones(2), torch.tensor([1.0, 3.0]), torch.ones(2), torch.ones(2), 1.5
-        )[0].numpy(),
+        lambda: gradnorm_weight_gradient([1.0, 1.0], [1.0, 3.0], [1.0, 1.0], [1.0, 1.0], 1.5)[0],
         [-1.0, 3.0],
     ),
     # z = (1/2, 1/2), l = (1, 3): raw z/l = (1/2, 1/6) -> normalised (3/4, 1/4)
     (
         "famo weights",
-        lambda: famo_weights(torch.zeros(2), torch.tensor([1.0, 3.0]), torch.zeros(2)).numpy(),
+        lambda: famo_weights([0.0, 0.0], [1.0, 3.0], [0.0, 0.0]),
         [0.75, 0.25],
     ),
     # d = (log 2, 0), z . d = log2 / 2: z * (d - z.d) = (log2 / 4, -log2 / 4)
     (
         "famo logit gradient",
-        lambda: famo_logit_gradient(
-            torch.zeros(2), torch.tensor([1.0, 3.0]), torch.tensor([0.5, 3.0]), torch.zeros(2)
-        ).numpy(),
+        lambda: famo_logit_gradient([0.0, 0.0], [1.0, 3.0], [0.5, 3.0], [0.0, 0.0]),
         [math.log(2) / 4, -math.log(2) / 4],
     ),
 ]
@@ -456,3 +452,41 @@ def test_dwa_closes_epochs_at_the_next_epoch_start() -> None:
     w.on_train_epoch_start()  # closes the 2nd epoch: r = (0.5, 1.0)
     w(torch.tensor([0.4, 0.9]))
     assert w.last_weights.tolist() == pytest.approx([0.87565, 1.12435], rel=1e-4)
+
+
+def test_task_views_backward_sums_and_hands_every_task_gradient_to_a_listener() -> None:
+    from lit_mtl import task_views
+
+    u = torch.randn(4, 3, requires_grad=True)
+    z = u * 1.0
+    views = task_views(z, 3)
+    assert len(views) == 3 and all(v.shape == z.shape for v in views)
+    losses = [(views[i] * (i + 1)).sum() for i in range(3)]
+    # autograd.grad w.r.t. the views: each task's own gradient, the node is not run
+    per_task = torch.autograd.grad(sum(losses), views, retain_graph=True)
+    for i, g in enumerate(per_task):
+        torch.testing.assert_close(g, torch.full((4, 3), float(i + 1)))
+    received = []
+    views[0].grad_fn.listener = lambda grads: received.append([g.clone() for g in grads])
+    sum(losses).backward()
+    torch.testing.assert_close(u.grad, torch.full((4, 3), 6.0))  # 1 + 2 + 3
+    assert len(received) == 1 and [float(g[0, 0]) for g in received[0]] == [1.0, 2.0, 3.0]
+    with pytest.raises(RuntimeError, match="inplace"):
+        task_views(u * 1.0, 2)[0].add_(1.0)
+    frozen = torch.ones(2, 2)
+    assert all(v is frozen for v in task_views(frozen, 2))
+    with pytest.raises(ValueError, match="num_tasks"):
+        task_views(z, 0)
+
+
+def test_elementwise_chain_names_the_diagonal_ops_between_a_layer_and_z() -> None:
+    from lit_mtl.weighting.gradnorm import elementwise_chain
+
+    u = torch.nn.Linear(3, 4)(torch.randn(5, 3))
+    assert elementwise_chain(u, u) == ()
+    assert elementwise_chain(torch.relu(u), u) == ("ReluBackward0",)
+    assert elementwise_chain(torch.tanh(u) * 2.0, u) == ("MulBackward0", "TanhBackward0")
+    other = torch.randn(5, 4, requires_grad=True)
+    assert elementwise_chain(u * other, u) is None  # a second differentiable input
+    assert elementwise_chain(torch.nn.BatchNorm1d(4)(u), u) is None
+    assert elementwise_chain(u[:1] * torch.ones(5, 4), u[:1]) is None  # broadcast: not diagonal

@@ -150,7 +150,17 @@ class _LinearOut(torch.nn.Module):
         return self.last(self.body(x))
 
 
-@pytest.mark.parametrize("encoder_kind", ["mlp_relu_after_W", "linear_output", "batchnorm"])
+#: encoder kind -> the autograd nodes between W's output and z (None: a general vector-Jacobian
+#: product, here through BatchNorm)
+PULL_BACK_CHAINS = {
+    "mlp_relu_after_W": ("ReluBackward0",),
+    "gelu_dropout": ("MulBackward0", "GeluBackward0"),  # dropout on the CPU: a mask product
+    "linear_output": (),
+    "batchnorm": None,
+}
+
+
+@pytest.mark.parametrize("encoder_kind", list(PULL_BACK_CHAINS))
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_gradnorm_single_backward_path_equals_two_pass_path(
     encoder_kind: str, accumulate: int
@@ -164,6 +174,8 @@ def test_gradnorm_single_backward_path_equals_two_pass_path(
         dm = small_data(missing_fraction={"reg1": 0.5})
         if encoder_kind == "linear_output":
             encoder: torch.nn.Module = _LinearOut(dm.in_features)
+        elif encoder_kind == "gelu_dropout":
+            encoder = MLPEncoder(dm.in_features, [16, 16], activation="gelu", dropout=0.2)
         else:
             encoder = MLPEncoder(dm.in_features, [16, 16], batch_norm=encoder_kind == "batchnorm")
         weighting = GradNorm(alpha=1.5)
@@ -176,9 +188,16 @@ def test_gradnorm_single_backward_path_equals_two_pass_path(
         )
         calls = []
         original = weighting._combine_in_backward
-        weighting._combine_in_backward = lambda *a: calls.append(1) or original(*a)  # type: ignore[method-assign]
+
+        def combine_in_backward(*args):  # type: ignore[no-untyped-def]
+            loss = original(*args)
+            calls.append(weighting._records[-1][0].chain)
+            return loss
+
+        weighting._combine_in_backward = combine_in_backward  # type: ignore[method-assign]
         fast_trainer(max_epochs=2, accumulate_grad_batches=accumulate).fit(module, dm)
         assert bool(calls) == fast
+        assert all(chain == PULL_BACK_CHAINS[encoder_kind] for chain in calls)
         state = {k: v.clone() for k, v in weighting.state_dict().items()}
         return state, {k: v.clone() for k, v in module.state_dict().items()}
 

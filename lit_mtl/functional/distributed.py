@@ -53,6 +53,8 @@ def masked_mean_over_ranks(values: Tensor, present: Tensor) -> tuple[Tensor, Ten
 
     ``values`` and ``present`` are (T,); one all-reduce of a (2T,) vector.
     """
+    if world_size() == 1:
+        return values.detach().float() * present, present
     packed = torch.cat([values.detach().float() * present, present.float()])
     packed = all_reduce_sum(packed)
     t = values.shape[0]

@@ -1,7 +1,7 @@
 """Task-weighting methods: one small class per method (formula and paper in each docstring)."""
 
 from lit_mtl.weighting.aligned import AlignedMTL
-from lit_mtl.weighting.base import Weighting, stack_losses
+from lit_mtl.weighting.base import Weighting, stack_losses, task_views
 from lit_mtl.weighting.cagrad import CAGrad
 from lit_mtl.weighting.dwa import DWA, dwa_weights
 from lit_mtl.weighting.equal import EqualWeighting, StaticWeighting
@@ -38,5 +38,6 @@ __all__ = [
     "gradnorm_weight_gradient",
     "resolve_shared_target",
     "stack_losses",
+    "task_views",
     "uncertainty_weighted_terms",
 ]

@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Weighting", "stack_losses"]
+__all__ = ["Weighting", "stack_losses", "task_views"]
 
 
 def stack_losses(losses: Tensor | Sequence[Tensor]) -> Tensor:
@@ -39,6 +39,54 @@ def stack_losses(losses: Tensor | Sequence[Tensor]) -> Tensor:
         if not isinstance(item, Tensor) or item.numel() != 1:
             raise ValueError(f"losses[{i}] must be a scalar tensor, got {item!r}")
     return torch.stack([item.reshape(()).float() for item in items])
+
+
+class _TaskViews(torch.autograd.Function):
+    """T aliases of z, one per head, in ONE graph node.
+
+    Its backward receives every task's gradient w.r.t. z at once (instead of T view nodes whose
+    gradients autograd adds one by one), hands them to a listener set on the node by a
+    weighting (GradNorm reads per-task gradients off the ordinary backward this
+    way) and returns their sum to z. ``torch.autograd.grad`` w.r.t. the views captures each
+    task's gradient without running this node.
+    """
+
+    @staticmethod
+    def forward(ctx, z: Tensor, num_tasks: int) -> tuple[Tensor, ...]:  # type: ignore[override]
+        ctx.listener = None
+        return tuple(z.view_as(z) for _ in range(num_tasks))
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):  # type: ignore[no-untyped-def, override]
+        listener, ctx.listener = ctx.listener, None
+        if listener is not None:
+            listener(grads)
+        if len(grads) == 1:
+            return grads[0], None
+        total = grads[0] + grads[1]
+        for g in grads[2:]:
+            total.add_(g)
+        return total, None
+
+
+def task_views(representation: Tensor, num_tasks: int) -> list[Tensor]:
+    """One view of the shared representation z per task head, for gradient-based weightings.
+
+    Feed head i the i-th view and pass the list as ``task_representations=`` to the weighting:
+    the per-task gradients w.r.t. z (and every head's own gradients) then come from a single
+    backward pass, and GradNorm reads its gradient norms off the ordinary backward. The views
+    alias z (no copy); heads must not modify them in place.
+
+    >>> z = torch.ones(4, 3, requires_grad=True)
+    >>> views = task_views(z, 2)
+    >>> len(views), views[0].shape
+    (2, torch.Size([4, 3]))
+    """
+    if num_tasks < 1:
+        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
+    if not representation.requires_grad:
+        return [representation] * num_tasks
+    return list(_TaskViews.apply(representation, int(num_tasks)))
 
 
 class Weighting(nn.Module):

@@ -2,36 +2,61 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from lit_mtl.functional.distributed import masked_mean_over_ranks
-from lit_mtl.functional.optim import adam_step
+from lit_mtl.functional.optim import adam_step, host_arrays
 from lit_mtl.weighting.base import Weighting
 
 __all__ = ["FAMO", "famo_logit_gradient", "famo_weights"]
 
 
-def famo_weights(logits: Tensor, losses: Tensor, min_losses: Tensor) -> Tensor:
+def _softmax(logits: Sequence[float]) -> list[float]:
+    top = max(logits)
+    exps = [math.exp(float(x) - top) for x in logits]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def famo_weights(
+    logits: Sequence[float], losses: Sequence[float], min_losses: Sequence[float]
+) -> list[float]:
     """w_i = c z_i / l_i, z = softmax(xi), l = L - L_min + 1e-8, c = 1 / sum_j z_j / l_j (sum 1).
 
-    The gradient of sum_i w_i L_i equals that of the authors' sum_i (z_i / c') log l_i.
+    The gradient of sum_i w_i L_i equals that of the authors' sum_i (z_i / c') log l_i. Plain float
+    math on the T numbers.
+
+    >>> [round(w, 6) for w in famo_weights([0.0, 0.0], [1.0, 3.0], [0.0, 0.0])]  # raw (1/2, 1/6)
+    [0.75, 0.25]
     """
-    z = torch.softmax(logits, dim=0)
-    shifted = losses - min_losses + 1e-8
-    raw = z / shifted
-    return raw / raw.sum()
+    z = _softmax(logits)
+    raw = [
+        zi / (float(loss) - float(low) + 1e-8)
+        for zi, loss, low in zip(z, losses, min_losses, strict=True)
+    ]
+    total = sum(raw)
+    return [r / total for r in raw]
 
 
 def famo_logit_gradient(
-    logits: Tensor, before: Tensor, after: Tensor, min_losses: Tensor
-) -> Tensor:
-    """delta = J_softmax(xi)^T (log l - log l'), l before and l' after the model step."""
-    z = torch.softmax(logits, dim=0)
-    d = torch.log(before - min_losses + 1e-8) - torch.log(after - min_losses + 1e-8)
-    return z * (d - (z * d).sum())
+    logits: Sequence[float],
+    before: Sequence[float],
+    after: Sequence[float],
+    min_losses: Sequence[float],
+) -> list[float]:
+    """delta = J_softmax(xi)^T (log l - log l'), l before and l' after the model step (floats)."""
+    z = _softmax(logits)
+    d = [
+        math.log(float(b) - float(low) + 1e-8) - math.log(float(a) - float(low) + 1e-8)
+        for b, a, low in zip(before, after, min_losses, strict=True)
+    ]
+    zd = sum(zi * di for zi, di in zip(z, d, strict=True))
+    return [zi * (di - zd) for zi, di in zip(z, d, strict=True)]
 
 
 class FAMO(Weighting):
@@ -83,18 +108,23 @@ class FAMO(Weighting):
 
     def combine(self, losses: Tensor, *, present: Tensor, **_: object) -> Tensor:
         mean_losses, present_all = masked_mean_over_ranks(losses, present)
-        with torch.no_grad():
-            self.prev_losses.copy_(mean_losses)
-            self.prev_present.copy_(present_all)
-            weights = torch.zeros_like(self.logits)
-            idx = present_all.nonzero().flatten()
-            if idx.numel():
-                weights[idx] = famo_weights(
-                    self.logits[idx], mean_losses[idx], self.min_losses[idx]
+        values, flags = mean_losses.tolist(), present_all.tolist()
+        weights = [0.0] * len(values)
+        with host_arrays(self, ("logits", "min_losses", "prev_losses", "prev_present")) as state:
+            state["prev_losses"][:] = values
+            state["prev_present"][:] = flags
+            idx = [i for i, flag in enumerate(flags) if flag]
+            if idx:
+                logits, mins = state["logits"].tolist(), state["min_losses"].tolist()
+                chosen = famo_weights(
+                    [logits[i] for i in idx], [values[i] for i in idx], [mins[i] for i in idx]
                 )
-        return self._weighted_sum(weights.to(losses.dtype), losses, present_all)
+                for i, w in zip(idx, chosen, strict=True):
+                    weights[i] = w
+        return self._weighted_sum(
+            torch.tensor(weights, dtype=losses.dtype, device=losses.device), losses, present_all
+        )
 
-    @torch.no_grad()
     def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]
         if recompute_losses is None:
             raise RuntimeError(
@@ -105,26 +135,33 @@ class FAMO(Weighting):
         after, present = recompute_losses()
         self.update(after, present)
 
-    @torch.no_grad()
     def update(self, losses_after: Tensor, present: Tensor | None = None) -> None:
         """xi <- Adam step along J_softmax^T (log l - log l') (drop-in use: call after the step)."""
         if present is None:
             present = torch.ones_like(self.prev_present)
-        after, present_all = masked_mean_over_ranks(losses_after.float(), present.bool())
-        both = present_all & self.prev_present
-        if int(both.sum()) < 2:
-            return
-        idx = both.nonzero().flatten()
-        grad = torch.zeros_like(self.logits)
-        grad[idx] = famo_logit_gradient(
-            self.logits[idx], self.prev_losses[idx], after[idx], self.min_losses[idx]
-        )
-        adam_step(
-            self.logits,
-            grad,
-            self.exp_avg,
-            self.exp_avg_sq,
-            self.adam_step,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-        )
+        after, present_all = masked_mean_over_ranks(losses_after.detach().float(), present.bool())
+        values, flags = after.tolist(), present_all.tolist()
+        names = ("logits", "min_losses", "exp_avg", "exp_avg_sq", "adam_step", "prev_losses")
+        names += ("prev_present",)
+        with host_arrays(self, names) as state:
+            both = [i for i, flag in enumerate(flags) if flag and state["prev_present"][i]]
+            if len(both) < 2:
+                return
+            logits, before = state["logits"].tolist(), state["prev_losses"].tolist()
+            mins = state["min_losses"].tolist()
+            grad = np.zeros(len(flags))
+            grad[both] = famo_logit_gradient(
+                [logits[i] for i in both],
+                [before[i] for i in both],
+                [values[i] for i in both],
+                [mins[i] for i in both],
+            )
+            adam_step(
+                state["logits"],
+                grad,
+                state["exp_avg"],
+                state["exp_avg_sq"],
+                state["adam_step"],
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+            )

@@ -6,41 +6,95 @@ import math
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from lit_mtl.functional.distributed import all_reduce_mean, masked_mean_over_ranks
-from lit_mtl.functional.optim import adam_step
+from lit_mtl.functional.distributed import all_reduce_mean, masked_mean_over_ranks, world_size
+from lit_mtl.functional.optim import adam_step, host_arrays
+from lit_mtl.weighting.base import _TaskViews
 from lit_mtl.weighting.gradient import GradientWeighting
 
 __all__ = ["GradNorm", "gradnorm_weight_gradient"]
 
 
 def gradnorm_weight_gradient(
-    weights: Tensor, grad_norms: Tensor, losses: Tensor, initial_losses: Tensor, alpha: float
-) -> tuple[Tensor, Tensor]:
-    """d L_grad / d w and L_grad for GradNorm (all (T,) over the tasks present).
+    weights: Sequence[float],
+    grad_norms: Sequence[float],
+    losses: Sequence[float],
+    initial_losses: Sequence[float],
+    alpha: float,
+) -> tuple[list[float], float]:
+    """d L_grad / d w and L_grad for GradNorm, over the tasks present (T numbers each).
 
     G_i = w_i ||grad_W L_i||, G_bar = mean_i G_i, Ltilde_i = L_i / L_i(0),
     r_i = Ltilde_i / mean_j Ltilde_j, target_i = G_bar r_i^alpha (held constant),
     L_grad = sum_i |G_i - target_i|,  dL_grad/dw_i = sign(G_i - target_i) ||grad_W L_i||.
+    Plain float math: it runs once per optimizer step on T numbers.
+
+    >>> gradnorm_weight_gradient([1, 1], [1, 3], [1, 1], [1, 1], alpha=1.5)
+    ([-1.0, 3.0], 2.0)
     """
-    g = weights * grad_norms
-    ratio = losses / initial_losses
-    r = ratio / ratio.mean()
-    target = g.mean() * r**alpha
-    diff = g - target
-    return torch.sign(diff) * grad_norms, diff.abs().sum()
+    norms = [float(n) for n in grad_norms]
+    g = [float(w) * n for w, n in zip(weights, norms, strict=True)]
+    ratios = [float(loss) / float(l0) for loss, l0 in zip(losses, initial_losses, strict=True)]
+    mean_ratio = sum(ratios) / len(ratios)
+    g_bar = sum(g) / len(g)
+    diffs = [gi - g_bar * (ri / mean_ratio) ** alpha for gi, ri in zip(g, ratios, strict=True)]
+    grad = [((d > 0) - (d < 0)) * n for d, n in zip(diffs, norms, strict=True)]
+    return grad, sum(abs(d) for d in diffs)
+
+
+#: autograd nodes whose Jacobian is diagonal (elementwise ops of one differentiable input)
+_ELEMENTWISE_NODES = frozenset(
+    {
+        "ReluBackward0",
+        "LeakyReluBackward0",
+        "GeluBackward0",
+        "SiluBackward0",
+        "TanhBackward0",
+        "SigmoidBackward0",
+        "EluBackward0",
+        "HardtanhBackward0",
+        "HardswishBackward0",
+        "SoftplusBackward0",
+        "MishBackward0",
+        "NativeDropoutBackward0",
+        "MulBackward0",  # with a constant, e.g. dropout's mask on the CPU
+        "DivBackward0",
+    }
+)
+
+
+def elementwise_chain(z: Tensor, u: Tensor) -> tuple[str, ...] | None:
+    """The autograd nodes from ``u`` to ``z`` when each is elementwise in its one differentiable
+    input (e.g. an activation or dropout) and z has u's shape (no broadcast), so that dz/du is
+    diagonal; ``()`` when ``z`` is ``u``; None otherwise."""
+    if z.shape != u.shape:
+        return None
+    target = u.grad_fn
+    node = z.grad_fn
+    names: list[str] = []
+    while node is not target:
+        if node is None or type(node).__name__ not in _ELEMENTWISE_NODES:
+            return None
+        inputs = [f for f, _ in node.next_functions if f is not None]
+        if len(inputs) != 1:
+            return None
+        names.append(type(node).__name__)
+        node = inputs[0]
+    return tuple(names)
 
 
 class _LastLayerGradients:
-    """Per-task gradients of a Linear layer's weight, read off one ordinary backward by hooks.
+    """Per-task gradients of a Linear layer's weight, read off one ordinary backward.
 
     ``root_hook`` (on the returned loss) records c, the gradient flowing into it (1 / accumulation
-    steps, times the fp16 loss scale); ``view_hook(i)`` receives c w_i dL_i/dz from task i's view of
-    z; once all have arrived, they are pulled back to the layer's output u in one batched
-    vector-Jacobian product (only through what lies between u and z) and
-    grad_W L_i = G_i^T a / (c w_i) is formed by one matrix product.
+    steps, times the fp16 loss scale); the :func:`~lit_mtl.task_views` node calls the record with
+    the T gradients c w_i dL_i/dz, which are pulled back to the layer's output u (only through
+    what lies between u and z: ReLU's mask, the Jacobian's diagonal for other elementwise ops,
+    else one batched vector-Jacobian product) side by side in one (M, k D) block B, so that all
+    grad_W L_i = (G_i^T a) / (c w_i) come from ONE matrix product a^T B.
     """
 
     def __init__(
@@ -49,63 +103,78 @@ class _LastLayerGradients:
         self.a = a.reshape(-1, a.shape[-1]).float()  # (M, E)
         self.u: Tensor | None = u
         self.z: Tensor | None = z
-        self.weights = weights
+        self.chain = elementwise_chain(z, u)
+        self.weights = weights if len(tasks) == num_tasks else weights[tasks]  # (k,)
         self.tasks = tasks
         self.num_tasks = num_tasks
         self.scale: Tensor | None = None
-        self.grads: dict[int, Tensor] = {}
-        self.rows: dict[int, Tensor] = {}
+        self.sq: Tensor | None = None  # (T,) squared norms (one process)
+        self.rows: Tensor | None = None  # (k, E*D) grad_W L_i of self.tasks (DDP)
 
     @property
     def done(self) -> bool:
-        return self.scale is not None and len(self.rows) == len(self.tasks)
+        return self.scale is not None and (self.sq is not None or self.rows is not None)
 
     def root_hook(self, grad: Tensor) -> None:
         self.scale = grad.detach().float().reshape(())
 
-    def view_hook(self, i: int):  # type: ignore[no-untyped-def]
-        def hook(grad: Tensor) -> None:
-            self.grads[i] = grad.detach()
-            if len(self.grads) == len(self.tasks):  # the last one: all T at once
-                self._pull_back()
-
-        return hook
-
-    def _pull_back(self) -> None:
-        order = sorted(self.grads)
-        gz = torch.stack([self.grads[i] for i in order])  # (k, *z.shape), c w_i dL_i/dz
-        if self.u is not self.z:  # through what lies between W's output and z (e.g. ReLU)
-            try:
-                gu = torch.autograd.grad(
-                    self.z, self.u, grad_outputs=gz, retain_graph=True, is_grads_batched=True
-                )[0]
-            except RuntimeError:  # an op without a vmap rule
-                gu = torch.stack(
-                    [
-                        torch.autograd.grad(self.z, self.u, grad_outputs=g, retain_graph=True)[0]
-                        for g in gz
-                    ]
-                )
-        else:
-            gu = gz
-        k = gu.shape[0]
-        g = gu.reshape(k, -1, gu.shape[-1]).float()  # (k, M, D)
-        assert self.scale is not None
-        scale = self.scale * self.weights[order]  # (k,) c w_i
-        rows = torch.matmul(g.mT, self.a).reshape(k, -1)  # (k, D*E): G_i^T a, batched
-        self.rows = dict(zip(order, (rows / scale[:, None]).unbind(0), strict=True))
-        self.grads.clear()
+    @torch.no_grad()
+    def __call__(self, grads: Sequence[Tensor]) -> None:
+        """Receive the T gradients c w_i dL_i/dz from the views' node, during the backward."""
+        assert self.scale is not None and self.u is not None
+        k, d = len(self.tasks), self.u.shape[-1]
+        block = self._to_layer_output([grads[i] for i in self.tasks])  # (M, k*D)
+        product = (self.a.mT @ block).view(-1, k, d)  # (E, k, D): column block i = (G_i^T a)^T
+        scale = self.scale * self.weights  # (k,) c w_i
+        if world_size() == 1:  # the norms at once, while the product is in cache
+            sq = (product * product).sum((0, 2)) / (scale * scale)
+            if k == self.num_tasks:
+                self.sq = sq
+            else:
+                self.sq = sq.new_zeros(self.num_tasks)
+                self.sq[self.tasks] = sq
+        else:  # the gradients are averaged over ranks first (on_optimizer_step)
+            self.rows = product.transpose(0, 1).reshape(k, -1) / scale[:, None]
         self.u = self.z = None  # release the graph tensors
+
+    def _to_layer_output(self, gz: list[Tensor]) -> Tensor:
+        """(M, k*D) the gradients w.r.t. W's output u (M rows of D), side by side per task."""
+        z, u, chain = self.z, self.u, self.chain
+        assert z is not None and u is not None
+        k, d = len(gz), u.shape[-1]
+        if chain == ("ReluBackward0",):  # ReLU's own backward (keep where z > 0), each task
+            out = gz[0].new_empty((*gz[0].shape[:-1], k, d))  # written into its block
+            for i, g in enumerate(gz):
+                torch.ops.aten.threshold_backward.grad_input(g, z, 0, grad_input=out[..., i, :])
+        elif chain == ():
+            out = torch.stack(gz, dim=-2)
+        elif chain is not None:  # elementwise: the Jacobian is diagonal, J^T 1 is the diagonal
+            with torch.enable_grad():
+                diagonal = torch.autograd.grad(z, u, torch.ones_like(z), retain_graph=True)[0]
+            out = torch.stack(gz, dim=-2).mul_(diagonal.unsqueeze(-2))
+        else:
+            with torch.enable_grad():
+                try:
+                    gu = torch.autograd.grad(
+                        z, u, torch.stack(gz), retain_graph=True, is_grads_batched=True
+                    )[0]
+                except RuntimeError:  # an op without a vmap rule
+                    gu = torch.stack(
+                        [torch.autograd.grad(z, u, g, retain_graph=True)[0] for g in gz]
+                    )
+            out = gu.movedim(0, -2)  # (..., k, D)
+        return out.reshape(-1, k * d).float()
 
     def squared_norms(self) -> Tensor:
         """(T,) ||grad_W L_i||^2 (zeros for the tasks not present); under DDP of the grad_W L_i
         averaged over ranks, as :meth:`GradientWeighting.reduced_gramian` does for parameters."""
-        some = next(iter(self.rows.values()))
-        jac = some.new_zeros((self.num_tasks, some.numel()))
-        for i, row in self.rows.items():
-            jac[i] = row
-        jac = all_reduce_mean(jac)  # identity in a single process
-        return (jac * jac).sum(1)
+        if self.sq is not None:
+            return self.sq
+        assert self.rows is not None
+        rows = self.rows.new_zeros((self.num_tasks, self.rows.shape[1]))
+        rows[self.tasks] = self.rows
+        rows = all_reduce_mean(rows)
+        return (rows * rows).sum(1)
 
 
 class GradNorm(GradientWeighting):
@@ -131,14 +200,15 @@ class GradNorm(GradientWeighting):
     are averaged across ranks, so every rank computes the same update and w stays identical.
     State (all in the module's state_dict): w, L(0), w's Adam moments and the pending gradient.
     Cost: when W is a Linear layer of the encoder (the default, last shared layer) and the heads
-    read per-task views of z (as in MultiTaskModule), ONE ordinary backward, as for equal
-    weighting: w of this step does not depend on this step's gradients, so the loss is returned at
-    once and hooks read each task's dL_i/dz off that backward, pull them back to W's output in one
-    batched product (only through what lies between W and z, e.g. its activation) and form
-    grad_W L_i = G_i^T a from W's input a (one batched matrix product); the norms enter w's update
-    in :meth:`on_optimizer_step`. Otherwise (other targets, drop-in use without views): per-task
-    gradients w.r.t. z in one backward through the heads, pulled back to W in one batched
-    vector-Jacobian product, before the final backward.
+    read :func:`~lit_mtl.task_views` of z (as in MultiTaskModule), ONE ordinary backward, as for
+    equal weighting: w of this step does not depend on this step's gradients, so the loss is
+    returned at once; the views' node hands every task's c w_i dL_i/dz to GradNorm during that
+    backward, which pulls them back to W's output (ReLU's mask, the diagonal of other elementwise
+    ops, else one batched vector-Jacobian product) and forms every grad_W L_i = G_i^T a from W's
+    input a in one matrix product (T N D E multiply-adds: the method's intrinsic cost); the norms
+    enter w's update (float math on T numbers) in :meth:`on_optimizer_step`. Otherwise (other
+    targets, drop-in use without task views): per-task gradients w.r.t. z in one backward through
+    the heads, pulled back to W in one batched vector-Jacobian product, before the final backward.
     """
 
     def __init__(
@@ -213,15 +283,22 @@ class GradNorm(GradientWeighting):
             self._captured = (inputs[0].detach(), output)
 
     def _fast_path_applies(self, representation, task_representations) -> bool:  # type: ignore[no-untyped-def]
-        return (
-            bool(self._linear)
+        if not (
+            self._linear
             and self._captured is not None
             and self._linear[0].weight.requires_grad
             and task_representations is not None
             and len(task_representations) == self.num_tasks
             and representation is not None
-            and representation.requires_grad
+            and representation.grad_fn is not None
             and torch.is_grad_enabled()
+        ):
+            return False
+        node = task_representations[0].grad_fn  # the views must come from task_views(z, T)
+        return (
+            isinstance(node, _TaskViews._backward_cls)
+            and all(view.grad_fn is node for view in task_representations)
+            and node.next_functions[0][0] is representation.grad_fn
         )
 
     def combine(
@@ -245,7 +322,8 @@ class GradNorm(GradientWeighting):
         )
         gramian = self.reduced_gramian(jacobian)
         mean_losses, present_all = masked_mean_over_ranks(losses, present)
-        self._accumulate(gramian.diagonal(), mean_losses, present_all)
+        with host_arrays(self, self._STATE) as state:
+            self._accumulate(state, [(gramian.diagonal(), mean_losses, present_all)])
         return self._finish(self.w.detach().to(losses.dtype), losses, present_all, representation)
 
     def _combine_in_backward(
@@ -258,10 +336,10 @@ class GradNorm(GradientWeighting):
     ) -> Tensor:
         """The weights of this step do not depend on this step's gradients (they only drive
         w's own update, applied after the step), so the loss is returned at once and ONE ordinary
-        backward runs (as for equal weighting). Hooks read each task's gradient w.r.t. z off
-        that backward (each head reads its own view of z), pull it back to W's output (through
-        whatever lies between W and z), and form grad_W L_i = G_i^T a from W's input a; the norms
-        are reduced across ranks and applied in :meth:`on_optimizer_step`."""
+        backward runs (as for equal weighting). The task views' node hands each task's gradient
+        w.r.t. z to a :class:`_LastLayerGradients` record during that backward (a hook on the
+        returned loss gives the scale c), which forms the norms of grad_W L_i; they are reduced
+        across ranks and applied in :meth:`on_optimizer_step`."""
         a, u = self._captured  # type: ignore[misc]
         self._captured = None
         mean_losses, present_all = masked_mean_over_ranks(losses, present)
@@ -276,58 +354,79 @@ class GradNorm(GradientWeighting):
             a, u, representation, self.last_weights.detach().float(), tasks, self.num_tasks
         )
         value.register_hook(record.root_hook)
-        for i in tasks:
-            views[i].register_hook(record.view_hook(i))
+        if tasks:
+            views[0].grad_fn.listener = record  # the task_views node calls it in the backward
         self._records.append((record, mean_losses.detach(), present_all))
         return value
 
-    def _accumulate(self, sq_norms: Tensor, mean_losses: Tensor, present_all: Tensor) -> None:
-        """Add dL_grad/dw of one micro-batch to the pending gradient (CPU float64 math on a few
-        T-vectors; identical on all ranks: norms and losses are already rank-reduced)."""
-        with torch.no_grad():
-            packed = torch.cat(
-                [
-                    sq_norms.detach().double(),
-                    mean_losses.detach().double(),
-                    present_all.double(),
-                    self.initial_losses.double(),
-                    self.w.double(),
-                ]
-            ).cpu()
-            sq, ml, pa, init, w = packed.view(5, -1).unbind(0)
-            norms = sq.clamp(min=0).sqrt()  # ||grad_W L_i||
-            pa = pa.bool()
-            unset = torch.isnan(init) & pa
-            if bool(unset.any()):
-                init = torch.where(unset, ml, init)
-                self.initial_losses.copy_(init)
-            usable = pa & (init > 0) & torch.isfinite(norms)
-            if int(usable.sum()) >= 2:
-                grad_w, l_grad = gradnorm_weight_gradient(
-                    w[usable], norms[usable], ml[usable], init[usable], self.alpha
-                )
-                full = torch.zeros_like(w)
-                full[usable] = grad_w
-                self.pending_grad.add_(full.to(self.pending_grad))
-                self.pending_count += 1
-                self.last_grad_loss.fill_(float(l_grad))
+    #: the buffers of w's own update (host math in :meth:`_accumulate` / :meth:`on_optimizer_step`)
+    _STATE = (
+        "w",
+        "initial_losses",
+        "exp_avg",
+        "exp_avg_sq",
+        "adam_step",
+        "pending_grad",
+        "pending_count",
+        "last_grad_loss",
+    )
 
-    @torch.no_grad()
+    def _accumulate(
+        self, state: dict[str, np.ndarray], batches: list[tuple[Tensor, Tensor, Tensor]]
+    ) -> None:
+        """Add dL_grad/dw of each micro-batch (its squared norms, mean losses and presence, all
+        (T,) and already rank-reduced, so identical on all ranks) to the pending gradient in
+        ``state`` (:func:`host_arrays` of the buffers)."""
+        if not batches:
+            return
+        initial = state["initial_losses"].tolist()
+        for batch in batches:  # float math on T numbers
+            sq, losses, present = (v.tolist() for v in batch)
+            for i, (loss, flag) in enumerate(zip(losses, present, strict=True)):
+                if flag and math.isnan(initial[i]):
+                    initial[i] = loss  # L_i(0): the first step where task i is present
+            norms = [math.sqrt(max(v, 0.0)) for v in sq]  # ||grad_W L_i||
+            usable = [
+                i
+                for i, flag in enumerate(present)
+                if flag and initial[i] > 0 and math.isfinite(norms[i])
+            ]
+            if len(usable) < 2:
+                continue
+            w = state["w"].tolist()
+            grad_w, l_grad = gradnorm_weight_gradient(
+                [w[i] for i in usable],
+                [norms[i] for i in usable],
+                [losses[i] for i in usable],
+                [initial[i] for i in usable],
+                self.alpha,
+            )
+            state["pending_grad"][usable] += grad_w
+            state["pending_count"] += 1
+            state["last_grad_loss"][...] = l_grad
+        state["initial_losses"][:] = initial
+
     def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]
         records, self._records = self._records, []
-        for record, mean_losses, present_all in records:
-            if not record.done:
-                continue  # no backward ran for that micro-batch (e.g. a skipped step)
-            self._accumulate(record.squared_norms(), mean_losses, present_all)
-        count = float(self.pending_count)
-        if count == 0:
-            return
-        grad = self.pending_grad / count
-        adam_step(self.w, grad, self.exp_avg, self.exp_avg_sq, self.adam_step, lr=self.lr)
-        self.w.clamp_(min=self.min_weight)
-        self.w.mul_(self.num_tasks / self.w.sum())
-        self.pending_grad.zero_()
-        self.pending_count.zero_()
+        batches = [  # records without a backward (e.g. a skipped step) are dropped
+            (record.squared_norms(), mean_losses, present_all)
+            for record, mean_losses, present_all in records
+            if record.done
+        ]
+        with host_arrays(self, self._STATE) as state:
+            self._accumulate(state, batches)
+            count = float(state["pending_count"])
+            if count == 0:
+                return
+            w = state["w"]
+            grad = state["pending_grad"] / count
+            adam_step(
+                w, grad, state["exp_avg"], state["exp_avg_sq"], state["adam_step"], lr=self.lr
+            )
+            np.maximum(w, self.min_weight, out=w)
+            w *= self.num_tasks / w.sum()
+            state["pending_grad"][...] = 0
+            state["pending_count"][...] = 0
 
     def extra_repr(self) -> str:
         return (
