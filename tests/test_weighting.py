@@ -490,3 +490,16 @@ def test_elementwise_chain_names_the_diagonal_ops_between_a_layer_and_z() -> Non
     assert elementwise_chain(u * other, u) is None  # a second differentiable input
     assert elementwise_chain(torch.nn.BatchNorm1d(4)(u), u) is None
     assert elementwise_chain(u[:1] * torch.ones(5, 4), u[:1]) is None  # broadcast: not diagonal
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_two_task_min_norm_closed_form_is_the_minimum_over_the_segment(seed: int) -> None:
+    g = torch.randn(2, 6, generator=torch.Generator().manual_seed(seed)).double()
+    g[1] *= 0.2 + 3 * seed  # different norms, some pairs in conflict
+    gramian = (g @ g.T).numpy()
+    a = min_norm_coefficients(gramian)
+    gammas = np.linspace(0.0, 1.0, 20001)
+    norms = [float(np.sum((t * g[0] + (1 - t) * g[1]).numpy() ** 2)) for t in gammas]
+    best = gammas[int(np.argmin(norms))]
+    assert a.sum() == pytest.approx(1.0) and a.min() >= 0
+    assert a[0] == pytest.approx(best, abs=1e-4)

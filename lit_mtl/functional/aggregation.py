@@ -71,6 +71,11 @@ def min_norm_coefficients(gramian: Tensor | np.ndarray, tol: float = 1e-10) -> n
     t = g.shape[0]
     if t == 1:
         return np.ones(1)
+    if t == 2:  # the closed form (Sener & Koltun, Algorithm 1), in float math
+        (g11, g12), (_, g22) = g.tolist()
+        denominator = g11 - 2.0 * g12 + g22  # ||g1 - g2||^2
+        gamma = 0.5 if denominator <= 0 else min(max((g22 - g12) / denominator, 0.0), 1.0)
+        return np.array([gamma, 1.0 - gamma])
     scale = max(float(np.max(np.diag(g))), 1e-300)
     g = g / scale  # scale-invariant
     start = int(np.argmin(np.diag(g)))

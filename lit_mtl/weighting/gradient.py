@@ -45,6 +45,7 @@ from lit_mtl.functional.distributed import (
     all_reduce_mean,
     all_reduce_sum,
     masked_mean_over_ranks,
+    world_size,
 )
 from lit_mtl.weighting.base import Weighting
 
@@ -103,8 +104,10 @@ class _InjectGradients(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):  # type: ignore[no-untyped-def, override]
-        grads = torch._foreach_mul(list(ctx.grads), grad_output)
+        grads = list(ctx.grads)
         ctx.grads = ()
+        if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
+            grads = torch._foreach_mul(grads, grad_output)  # e.g. 1 / accumulation steps
         return (None, None, *grads, *([None] * ctx.num_inputs))
 
 
@@ -132,7 +135,7 @@ class GradientWeighting(Weighting):
         self._target_params: list[nn.Parameter] | None = None
         self._head_params: list[list[nn.Parameter]] | None = None
         self._fused: tuple[Tensor, list[list[Tensor | None]]] | None = None
-        self._shared_jac: tuple[list[Tensor], Tensor] | None = None
+        self._shared_jac: tuple[list[Tensor], list[Tensor]] | None = None
         self._warned_batched = False
         self.register_buffer("nonfinite_steps", torch.zeros((), dtype=torch.long))
 
@@ -158,8 +161,10 @@ class GradientWeighting(Weighting):
         shared_params: Sequence[Tensor] | None,
         loss_scale: Tensor | float | None,
         task_representations: Sequence[Tensor] | None = None,
-    ) -> Tensor:
-        """(T, P) float32 matrix of per-task gradients of the shared target (0 for absent tasks).
+    ) -> list[Tensor]:
+        """Per-task gradients of the shared target (0 for absent tasks) as float32 column blocks
+        J = [J_1 | J_2 | ...]: one (T, P_k) block per target tensor (one (T, N*D) block for z),
+        so that no (T, P) copy is made; :meth:`reduced_gramian` forms G = sum_k J_k J_k^T.
 
         With the representation z at hand, the per-task gradients w.r.t. z are computed first (T
         calls through the heads only); for a parameter target they are then pulled back through
@@ -206,21 +211,20 @@ class GradientWeighting(Weighting):
             else:
                 gz = self._grads_of(scaled, flags, [representation])[0]  # (T, *z.shape)
             if params is None:
-                jac = gz.reshape(gz.shape[0], -1).float()
+                blocks = [gz.reshape(gz.shape[0], -1).float()]
             else:
-                jac = self._pull_back(representation, gz, params, scaled, flags)
-                if self._fused is not None and self.target == "shared":
-                    # J covers every encoder parameter: the encoder's gradient is c @ J, no
-                    # second backward through the encoder is needed (as TorchJD's jac_to_grad)
-                    scaled_jac = jac if loss_scale is None else jac / loss_scale
-                    self._shared_jac = (params, scaled_jac)
+                blocks = self._pull_back(representation, gz, params, scaled, flags)
         else:
             assert params is not None
             rows = self._grads_of(scaled, flags, params)
-            jac = torch.cat([r.reshape(r.shape[0], -1).float() for r in rows], dim=1)
+            blocks = [r.reshape(r.shape[0], -1).float() for r in rows]
         if loss_scale is not None:
-            jac = jac / loss_scale
-        return jac  # (T, P)
+            blocks = [b / loss_scale for b in blocks]
+        if params is not None and self._fused is not None and self.target == "shared":
+            # J covers every encoder parameter: the encoder's gradient is c @ J, no second
+            # backward through the encoder is needed (as TorchJD's jac_to_grad)
+            self._shared_jac = (params, blocks)
+        return blocks
 
     @staticmethod
     def _grads_through_views(
@@ -286,7 +290,7 @@ class GradientWeighting(Weighting):
         losses: Sequence[Tensor],
         flags: list[bool],
     ) -> Tensor:
-        """J (T, P) = the T vector-Jacobian products of dz/dparams with the rows of gz."""
+        """J's blocks (T, P_k): the T vector-Jacobian products of dz/dparams with the rows of gz."""
         try:
             grads = torch.autograd.grad(
                 representation,
@@ -303,22 +307,24 @@ class GradientWeighting(Weighting):
                 )
                 self._warned_batched = True
             grads = tuple(self._grads_of(losses, flags, params))
-        return torch.cat(
-            [
-                (g if g is not None else torch.zeros((gz.shape[0], *p.shape), device=gz.device))
-                .reshape(gz.shape[0], -1)
-                .float()
-                for g, p in zip(grads, params, strict=True)
-            ],
-            dim=1,
-        )
+        return [
+            (g if g is not None else torch.zeros((gz.shape[0], *p.shape), device=gz.device))
+            .reshape(gz.shape[0], -1)
+            .float()
+            for g, p in zip(grads, params, strict=True)
+        ]
 
-    def reduced_gramian(self, jacobian: Tensor) -> Tensor:
-        """G = J J^T made identical across DDP ranks (sum for z, mean of J for parameters)."""
-        if self.target == "representation":
-            return all_reduce_sum(jacobian @ jacobian.T)
-        jacobian = all_reduce_mean(jacobian)
-        return jacobian @ jacobian.T
+    def reduced_gramian(self, jacobian: Sequence[Tensor]) -> Tensor:
+        """G = J J^T = sum_k J_k J_k^T over J's blocks, made identical across DDP ranks (summed
+        for z, J averaged for parameters: one all-reduce of the concatenated J); float32 even
+        under autocast."""
+        if self.target != "representation" and world_size() > 1:
+            jacobian = [all_reduce_mean(torch.cat(list(jacobian), dim=1))]
+        with torch.autocast(jacobian[0].device.type, enabled=False):  # float32, also under AMP
+            gramian = jacobian[0] @ jacobian[0].T
+            for block in jacobian[1:]:
+                gramian = gramian.addmm_(block, block.T)
+        return all_reduce_sum(gramian) if self.target == "representation" else gramian
 
     # ------------------------------------------------------------------ combine
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
@@ -365,23 +371,20 @@ class GradientWeighting(Weighting):
         if fused is None or representation is None or self._head_params is None:
             return value
         gz, head_grads = fused
-        w = self.last_weights.to(gz.dtype)
+        w = self.last_weights.float()
         inputs: list[Tensor] = []
         grads: list[Tensor] = []
         shared_jac, self._shared_jac = self._shared_jac, None
-        if shared_jac is not None:  # encoder gradient c @ J directly on its parameters
-            params, jac = shared_jac
-            flat = (w.to(jac.dtype) @ jac).detach()  # (P,)
-            offset = 0
-            for p in params:
-                n = p.numel()
-                inputs.append(p)
-                grads.append(flat[offset : offset + n].view_as(p).to(p.dtype))
-                offset += n
-        else:
-            combined = torch.tensordot(w, gz, dims=1).to(representation.dtype)  # sum_i c_i gz_i
-            inputs.append(representation)
-            grads.append(combined.detach())
+        with torch.autocast(gz.device.type, enabled=False):  # float32 sums, also under AMP
+            if shared_jac is not None:  # encoder gradient c @ J directly on its parameters
+                params, blocks = shared_jac
+                for p, block in zip(params, blocks, strict=True):
+                    inputs.append(p)
+                    grads.append((w @ block).view_as(p).to(p.dtype))
+            else:  # sum_i c_i gz_i
+                combined = torch.tensordot(w, gz.float(), dims=1).to(representation.dtype)
+                inputs.append(representation)
+                grads.append(combined.detach())
         head_inputs: list[Tensor] = []
         head_grads_flat: list[Tensor] = []
         head_scales: list[float] = []
@@ -393,28 +396,35 @@ class GradientWeighting(Weighting):
                     head_grads_flat.append(g.to(p.dtype).detach())
                     head_scales.append(w_list[i])
         if head_inputs:
+            if all(g.is_contiguous() for g in head_grads_flat):  # our own gradient tensors
+                torch._foreach_mul_(head_grads_flat, head_scales)
+            else:  # e.g. an expanded gradient: not writable in place
+                head_grads_flat = list(torch._foreach_mul(head_grads_flat, head_scales))
             inputs += head_inputs
-            grads += torch._foreach_mul(head_grads_flat, head_scales)
+            grads += head_grads_flat
         return _InjectGradients.apply(value.detach(), len(inputs), *inputs, *grads)
 
     def _solve(self, gramian: Tensor, losses: Tensor, present: Tensor) -> Tensor:
-        idx = present.nonzero().flatten().tolist()
-        weights = torch.zeros(self.num_tasks, dtype=torch.float64)
+        idx = [i for i, flag in enumerate(present.tolist()) if flag]
         if not idx:
-            return weights.to(device=losses.device, dtype=losses.dtype)
+            return losses.new_zeros(self.num_tasks)
         g = gramian.detach().to("cpu", torch.float64).numpy()
-        if not np.all(np.isfinite(g)):
+        if not np.isfinite(g).all():
             self.nonfinite_steps += 1
             log.warning(
                 "%s: non-finite task gradients (fp16 overflow?); keeping the previous coefficients",
                 type(self).__name__,
             )
             return self.last_weights.clone().to(losses.dtype)
-        sub = g[np.ix_(idx, idx)]
-        loss_values = losses.detach().to("cpu", torch.float64).numpy()[idx]
-        coef = self.coefficients(sub, loss_values)
-        weights[idx] = torch.as_tensor(coef, dtype=torch.float64)
-        return weights.to(device=losses.device, dtype=losses.dtype)
+        loss_values = losses.detach().to("cpu", torch.float64).numpy()
+        if len(idx) == self.num_tasks:
+            weights = self.coefficients(g, loss_values).tolist()
+        else:
+            coef = self.coefficients(g[np.ix_(idx, idx)], loss_values[idx]).tolist()
+            weights = [0.0] * self.num_tasks
+            for i, c in zip(idx, coef, strict=True):
+                weights[i] = c
+        return torch.tensor(weights, dtype=losses.dtype, device=losses.device)
 
     def extra_repr(self) -> str:
         return f"num_tasks={self._num_tasks}, target={self.target!r}"

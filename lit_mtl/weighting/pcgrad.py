@@ -32,6 +32,8 @@ class PCGrad(GradientWeighting):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     def orders(self, num_tasks: int) -> np.ndarray:
+        if num_tasks <= 2:  # at most one other task: its order cannot matter, no draw needed
+            return np.array([[0]]) if num_tasks == 1 else np.array([[1, 0], [0, 1]])
         rng = np.random.default_rng([self.seed, int(self.step)])
         return np.stack([rng.permutation(num_tasks) for _ in range(num_tasks)])
 
