@@ -503,3 +503,33 @@ def test_two_task_min_norm_closed_form_is_the_minimum_over_the_segment(seed: int
     best = gammas[int(np.argmin(norms))]
     assert a.sum() == pytest.approx(1.0) and a.min() >= 0
     assert a[0] == pytest.approx(best, abs=1e-4)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cagrad_matches_the_authors_slsqp_solution(seed: int) -> None:
+    """The authors solve CAGrad's inner problem with SciPy's SLSQP on the Gramian (their
+    ``cagrad`` function); our projected gradient descent reaches the same coefficients."""
+    minimize = pytest.importorskip("scipy.optimize").minimize
+    grads = torch.randn(4, 20, generator=torch.Generator().manual_seed(seed)).double()
+    grads[0] *= 5.0
+    gg = (grads @ grads.T).numpy()
+    t, c = 4, 0.4
+    x_start = np.ones(t) / t
+    g0_norm = np.sqrt(gg.mean() + 1e-8)
+    radius = c * g0_norm + 1e-8
+
+    def objective(x: np.ndarray) -> float:
+        return float(x @ gg @ x_start + radius * np.sqrt(x @ gg @ x + 1e-8))
+
+    res = minimize(
+        objective,
+        x_start,
+        bounds=[(0, 1)] * t,
+        constraints={"type": "eq", "fun": lambda x: 1 - sum(x)},
+        options={"ftol": 1e-12, "maxiter": 1000},
+    )
+    ww = res.x
+    gw_norm = np.sqrt(ww @ gg @ ww + 1e-8)
+    authors = (x_start + radius / (gw_norm + 1e-8) * ww) / (1 + c**2)
+    ours = cagrad_coefficients(gg, c=c)
+    np.testing.assert_allclose(ours, authors, rtol=1e-3, atol=1e-4)

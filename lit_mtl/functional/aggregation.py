@@ -139,15 +139,18 @@ def cagrad_coefficients(
     rescale: int = 1,
     iters: int = 500,
     init: np.ndarray | None = None,
+    tol: float = 1e-7,
 ) -> np.ndarray:
     """CAGrad (Liu et al. 2021): d = g0 + (sqrt(phi) / ||g_w||) g_w, phi = c^2 ||g0||^2.
 
     w = argmin_{w in simplex} g_w . g0 + sqrt(phi) ||g_w||, g0 = mean_i g_i, solved by projected
     gradient descent with backtracking, started from ``init`` (e.g. the previous step's w) or
-    the uniform weights. ``rescale`` as in the authors' code: 0 none, 1 divides by 1 + c^2 (their
-    default), 2 by 1 + c. c = 0 gives the mean (1/T each). :func:`cagrad_solve` also returns w.
+    the uniform weights, until w moves by less than ``tol`` in a step (the authors solve it with
+    SciPy's SLSQP at its default 1e-6 tolerance). ``rescale`` as in the authors' code: 0 none,
+    1 divides by 1 + c^2 (their default), 2 by 1 + c. c = 0 gives the mean (1/T each).
+    :func:`cagrad_solve` also returns w.
     """
-    return cagrad_solve(gramian, c, rescale, iters, init)[0]
+    return cagrad_solve(gramian, c, rescale, iters, init, tol)[0]
 
 
 def cagrad_solve(
@@ -156,6 +159,7 @@ def cagrad_solve(
     rescale: int = 1,
     iters: int = 500,
     init: np.ndarray | None = None,
+    tol: float = 1e-7,
 ) -> tuple[np.ndarray, np.ndarray]:
     """CAGrad's (coefficients, inner simplex weights w); see :func:`cagrad_coefficients`."""
     g = _as_numpy(gramian)
@@ -184,7 +188,7 @@ def cagrad_solve(
             if fc <= f - 1e-4 * float(grad @ (w - cand)) or step < 1e-12:
                 break
             step *= 0.5
-        if np.max(np.abs(cand - w)) < 1e-10:
+        if np.max(np.abs(cand - w)) < tol:
             w = cand
             break
         w, f = cand, fc

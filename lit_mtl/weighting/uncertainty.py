@@ -9,7 +9,12 @@ from torch import Tensor, nn
 
 from lit_mtl.weighting.base import Weighting
 
-__all__ = ["UncertaintyWeighting", "uncertainty_weighted_terms"]
+__all__ = ["UncertaintyWeighting", "uncertainty_weighted_terms", "uncertainty_weights"]
+
+
+def uncertainty_weights(log_vars: Tensor, is_regression: Tensor) -> Tensor:
+    """The effective task weights: 0.5 exp(-s_i) (regression), exp(-s_i) (classification)."""
+    return torch.where(is_regression, 0.5, 1.0) * torch.exp(-log_vars)
 
 
 def uncertainty_weighted_terms(losses: Tensor, log_vars: Tensor, is_regression: Tensor) -> Tensor:
@@ -18,9 +23,7 @@ def uncertainty_weighted_terms(losses: Tensor, log_vars: Tensor, is_regression: 
     regression:      0.5 * exp(-s_i) * L_i + 0.5 * s_i
     classification:        exp(-s_i) * L_i + 0.5 * s_i
     """
-    precision = torch.exp(-log_vars)
-    scale = torch.where(is_regression, 0.5 * torch.ones_like(precision), torch.ones_like(precision))
-    return scale * precision * losses + 0.5 * log_vars
+    return uncertainty_weights(log_vars, is_regression) * losses + 0.5 * log_vars
 
 
 class UncertaintyWeighting(Weighting):
@@ -88,10 +91,10 @@ class UncertaintyWeighting(Weighting):
         )
 
     def combine(self, losses: Tensor, *, present: Tensor, **_: object) -> Tensor:
-        log_vars = self.log_vars.float()
-        terms = uncertainty_weighted_terms(losses, log_vars, self.is_regression)
-        scale = torch.where(self.is_regression, 0.5, 1.0).to(losses.dtype)
-        self.last_weights = (scale * torch.exp(-log_vars) * present).detach()
+        log_vars = self.log_vars.to(losses.dtype)
+        weights = uncertainty_weights(log_vars, self.is_regression)
+        self.last_weights = (weights * present).detach()
+        terms = weights * losses + 0.5 * log_vars  # uncertainty_weighted_terms, weights reused
         return (terms * present).sum()
 
     @property
