@@ -1,16 +1,17 @@
-"""A functional Adam step on plain arrays (buffers), for weights learned outside the task loss.
+"""A functional Adam step on T floats, for weights learned outside the task loss.
 
 GradNorm's w and FAMO's logits are updated by their weighting with this step; its moments live in
 the weighting's buffers, so the module's ``state_dict`` (and so every checkpoint) carries them.
-The update touches T numbers once per optimizer step, so the weightings run it on host (numpy)
-views of their buffers (:func:`host_arrays`): a few microseconds instead of a dozen tensor ops.
+The update touches T numbers once per optimizer step, so the weightings read and write their
+buffers through host (numpy) views (:func:`host_arrays`) and do the math on Python floats: a few
+microseconds instead of a dozen tensor ops.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import TypeVar
 
 import numpy as np
 import torch
@@ -18,42 +19,39 @@ from torch import Tensor
 
 __all__ = ["adam_step", "host_arrays"]
 
-Array = TypeVar("Array", Tensor, np.ndarray)
-
 
 def adam_step(
-    param: Array,
-    grad: Array,
-    exp_avg: Array,
-    exp_avg_sq: Array,
-    step: Array,
+    param: Sequence[float],
+    grad: Sequence[float],
+    exp_avg: Sequence[float],
+    exp_avg_sq: Sequence[float],
+    step: int,
     lr: float,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-) -> None:
-    """In-place Adam (Kingma & Ba) with L2 weight decay as in ``torch.optim.Adam``.
+) -> tuple[list[float], list[float], list[float]]:
+    """One Adam step (Kingma & Ba) with L2 weight decay as in ``torch.optim.Adam``, on T floats.
 
-    Works on torch tensors (call under ``torch.no_grad()``) and on numpy arrays alike; ``step`` is
-    a 0-d counter incremented in place.
+    ``step`` is the step's number (1 for the first step). Returns the new (param, exp_avg,
+    exp_avg_sq); plain float math, as the weightings update T numbers once per optimizer step.
 
-    >>> p, m, v, t = np.zeros(2), np.zeros(2), np.zeros(2), np.zeros(())
-    >>> adam_step(p, np.array([1.0, -2.0]), m, v, t, lr=0.1)
-    >>> p.round(6).tolist(), float(t)
-    ([-0.1, 0.1], 1.0)
+    >>> p, m, v = adam_step([0.0, 0.0], [1.0, -2.0], [0.0, 0.0], [0.0, 0.0], step=1, lr=0.1)
+    >>> [round(x, 6) for x in p]
+    [-0.1, 0.1]
     """
-    step += 1
-    if weight_decay:
-        grad = grad + weight_decay * param
     beta1, beta2 = betas
-    exp_avg *= beta1
-    exp_avg += (1 - beta1) * grad
-    exp_avg_sq *= beta2
-    exp_avg_sq += (1 - beta2) * grad * grad
-    t = float(step)
-    bias1 = 1 - beta1**t
-    bias2 = 1 - beta2**t
-    param -= (lr / bias1) * exp_avg / ((exp_avg_sq / bias2) ** 0.5 + eps)
+    bias1 = 1 - beta1**step
+    bias2 = 1 - beta2**step
+    new_param, new_avg, new_avg_sq = [], [], []
+    for x, g, m, v in zip(param, grad, exp_avg, exp_avg_sq, strict=True):
+        g = g + weight_decay * x
+        m = beta1 * m + (1 - beta1) * g
+        v = beta2 * v + (1 - beta2) * g * g
+        new_param.append(x - (lr / bias1) * m / (math.sqrt(v / bias2) + eps))
+        new_avg.append(m)
+        new_avg_sq.append(v)
+    return new_param, new_avg, new_avg_sq
 
 
 @contextmanager

@@ -13,7 +13,11 @@ from lit_mtl.weighting.mgda import MGDA, MGDAUB
 from lit_mtl.weighting.nash import NashMTL
 from lit_mtl.weighting.pcgrad import PCGrad
 from lit_mtl.weighting.rlw import RLW
-from lit_mtl.weighting.uncertainty import UncertaintyWeighting, uncertainty_weighted_terms
+from lit_mtl.weighting.uncertainty import (
+    UncertaintyWeighting,
+    uncertainty_weighted_terms,
+    uncertainty_weights,
+)
 
 __all__ = [
     "DWA",
@@ -40,4 +44,5 @@ __all__ = [
     "stack_losses",
     "task_views",
     "uncertainty_weighted_terms",
+    "uncertainty_weights",
 ]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -149,19 +148,23 @@ class FAMO(Weighting):
                 return
             logits, before = state["logits"].tolist(), state["prev_losses"].tolist()
             mins = state["min_losses"].tolist()
-            grad = np.zeros(len(flags))
-            grad[both] = famo_logit_gradient(
+            grad = [0.0] * len(flags)
+            delta = famo_logit_gradient(
                 [logits[i] for i in both],
                 [before[i] for i in both],
                 [values[i] for i in both],
                 [mins[i] for i in both],
             )
-            adam_step(
-                state["logits"],
+            for i, d in zip(both, delta, strict=True):
+                grad[i] = d
+            step = int(state["adam_step"]) + 1
+            state["logits"][:], state["exp_avg"][:], state["exp_avg_sq"][:] = adam_step(
+                logits,
                 grad,
-                state["exp_avg"],
-                state["exp_avg_sq"],
-                state["adam_step"],
+                state["exp_avg"].tolist(),
+                state["exp_avg_sq"].tolist(),
+                step,
                 lr=self.lr,
                 weight_decay=self.weight_decay,
             )
+            state["adam_step"][...] = step

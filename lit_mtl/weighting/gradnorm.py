@@ -418,13 +418,19 @@ class GradNorm(GradientWeighting):
             count = float(state["pending_count"])
             if count == 0:
                 return
-            w = state["w"]
-            grad = state["pending_grad"] / count
-            adam_step(
-                w, grad, state["exp_avg"], state["exp_avg_sq"], state["adam_step"], lr=self.lr
+            step = int(state["adam_step"]) + 1
+            w, state["exp_avg"][:], state["exp_avg_sq"][:] = adam_step(
+                state["w"].tolist(),
+                [g / count for g in state["pending_grad"].tolist()],
+                state["exp_avg"].tolist(),
+                state["exp_avg_sq"].tolist(),
+                step,
+                lr=self.lr,
             )
-            np.maximum(w, self.min_weight, out=w)
-            w *= self.num_tasks / w.sum()
+            w = [max(x, self.min_weight) for x in w]  # positive, then renormalised to sum T
+            total = sum(w)
+            state["w"][:] = [x * self.num_tasks / total for x in w]
+            state["adam_step"][...] = step
             state["pending_grad"][...] = 0
             state["pending_count"][...] = 0
 
