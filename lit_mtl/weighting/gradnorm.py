@@ -66,6 +66,10 @@ _ELEMENTWISE_NODES = frozenset(
 )
 
 
+#: ReLU's backward (keep the gradient where the output is > 0), writing into a given tensor
+_THRESHOLD_BACKWARD = torch.ops.aten.threshold_backward.grad_input
+
+
 def elementwise_chain(z: Tensor, u: Tensor) -> tuple[str, ...] | None:
     """The autograd nodes from ``u`` to ``z`` when each is elementwise in its one differentiable
     input (e.g. an activation or dropout) and z has u's shape (no broadcast), so that dz/du is
@@ -127,7 +131,7 @@ class _LastLayerGradients:
         product = (self.a.mT @ block).view(-1, k, d)  # (E, k, D): column block i = (G_i^T a)^T
         scale = self.scale * self.weights  # (k,) c w_i
         if world_size() == 1:  # the norms at once, while the product is in cache
-            sq = (product * product).sum((0, 2)) / (scale * scale)
+            sq = product.square_().sum((0, 2)) / (scale * scale)
             if k == self.num_tasks:
                 self.sq = sq
             else:
@@ -145,7 +149,7 @@ class _LastLayerGradients:
         if chain == ("ReluBackward0",):  # ReLU's own backward (keep where z > 0), each task
             out = gz[0].new_empty((*gz[0].shape[:-1], k, d))  # written into its block
             for i, g in enumerate(gz):
-                torch.ops.aten.threshold_backward.grad_input(g, z, 0, grad_input=out[..., i, :])
+                _THRESHOLD_BACKWARD(g, z, 0, grad_input=out[..., i, :])
         elif chain == ():
             out = torch.stack(gz, dim=-2)
         elif chain is not None:  # elementwise: the Jacobian is diagonal, J^T 1 is the diagonal
