@@ -533,3 +533,39 @@ def test_cagrad_matches_the_authors_slsqp_solution(seed: int) -> None:
     authors = (x_start + radius / (gw_norm + 1e-8) * ww) / (1 + c**2)
     ours = cagrad_coefficients(gg, c=c)
     np.testing.assert_allclose(ours, authors, rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mgda", "pcgrad", "imtl_g", "aligned_mtl", "gradnorm"])
+def test_gradient_methods_are_invariant_to_an_fp16_loss_scale(name: str) -> None:
+    """As under a GradScaler: the per-task gradients are taken of scale * L_i and unscaled, and
+    the returned scalar is backpropagated times the scale; coefficients, GradNorm's update and
+    the gradients divided by the scale equal the unscaled run's."""
+    from lit_mtl import task_views
+
+    results = []
+    for scale in (None, 2.0**12):
+        problem = Problem()
+        w = bound(name, problem)
+        w.bind_heads(list(problem.heads))  # as MultiTaskModule does
+        params = list(problem.parameters())
+        z = problem.encoder(problem.x)
+        views = task_views(z, 3)
+        losses = [
+            nn.functional.mse_loss(problem.heads[0](views[0]).squeeze(1), problem.y[0]),
+            nn.functional.mse_loss(problem.heads[1](views[1]).squeeze(1), problem.y[1]),
+            nn.functional.cross_entropy(problem.heads[2](views[2]), problem.y[2]),
+        ]
+        out = w(losses, representation=z, task_representations=views, loss_scale=scale)
+        grads = torch.autograd.grad(out * (scale or 1.0), params)
+        w.on_optimizer_step()
+        unscaled = [g / (scale or 1.0) for g in grads]
+        state = {k: v.clone() for k, v in w.state_dict().items()}
+        results.append((w.last_weights.clone(), unscaled, state))
+        if name == "gradnorm":  # the single-backward path ran and moved w
+            assert not torch.equal(state["w"], torch.ones(3)) and state["pending_count"] == 0
+    (c0, g0, s0), (c1, g1, s1) = results
+    torch.testing.assert_close(c1, c0, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g1, g0, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for key, value in s0.items():
+        torch.testing.assert_close(s1[key], value, rtol=1e-4, atol=1e-6, msg=key)
