@@ -78,6 +78,16 @@ class FAMO(Weighting):
     """
 
     needs_losses_after_step = True
+    #: the buffers of the logits' update (host math in :meth:`update`)
+    _STATE = (
+        "logits",
+        "min_losses",
+        "exp_avg",
+        "exp_avg_sq",
+        "adam_step",
+        "prev_losses",
+        "prev_present",
+    )
 
     def __init__(
         self,
@@ -140,9 +150,7 @@ class FAMO(Weighting):
             present = torch.ones_like(self.prev_present)
         after, present_all = masked_mean_over_ranks(losses_after.detach().float(), present.bool())
         values, flags = after.tolist(), present_all.tolist()
-        names = ("logits", "min_losses", "exp_avg", "exp_avg_sq", "adam_step", "prev_losses")
-        names += ("prev_present",)
-        with host_arrays(self, names) as state:
+        with host_arrays(self, self._STATE) as state:
             both = [i for i, flag in enumerate(flags) if flag and state["prev_present"][i]]
             if len(both) < 2:
                 return
