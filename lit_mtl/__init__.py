@@ -19,6 +19,7 @@ from lit_mtl.transfer import (
     load_source_into,
 )
 from lit_mtl.weighting import (
+    DBMTL,
     DWA,
     FAMO,
     IMTLG,
@@ -28,19 +29,23 @@ from lit_mtl.weighting import (
     AlignedMTL,
     CAGrad,
     EqualWeighting,
-    GradientWeighting,
     GradNorm,
+    GramianWeighting,
     NashMTL,
     PCGrad,
     StaticWeighting,
+    StepContext,
     UncertaintyWeighting,
+    UPGrad,
     Weighting,
+    step_context,
     task_views,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DBMTL",
     "DWA",
     "FAMO",
     "IGNORE_INDEX",
@@ -57,7 +62,7 @@ __all__ = [
     "Encoder",
     "EqualWeighting",
     "GradNorm",
-    "GradientWeighting",
+    "GramianWeighting",
     "MLPEncoder",
     "MNIST1DDataModule",
     "MultiMNISTDataModule",
@@ -66,18 +71,21 @@ __all__ = [
     "NashMTL",
     "PCGrad",
     "StaticWeighting",
+    "StepContext",
     "SyntheticDataModule",
     "Task",
     "TaskSpec",
     "TorchvisionDataModule",
     "TorchvisionEncoder",
     "TransferModule",
+    "UPGrad",
     "UncertaintyWeighting",
     "UnfreezeSchedule",
     "UnfreezeScheduleCallback",
     "Weighting",
     "__version__",
     "load_source_into",
+    "step_context",
     "task_views",
     "unpack_batch",
 ]

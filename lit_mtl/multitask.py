@@ -13,8 +13,9 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec
-from lit_mtl.weighting import EqualWeighting, Weighting, stack_losses, task_views
+from lit_mtl.weighting import EqualWeighting, Weighting
 
 __all__ = ["MultiTaskModule", "unpack_batch"]
 
@@ -142,10 +143,6 @@ class MultiTaskModule(L.LightningModule):
             encoder=encoder,
             baseline_losses=[task.baseline_loss() for task in self.tasks.values()],
         )
-        bind_heads = getattr(self.weighting, "bind_heads", None)
-        if bind_heads is not None:
-            bind_heads(list(self.tasks.values()))
-        self._last_train_batch: tuple[Tensor, Mapping, Mapping] | None = None
         self.metrics = nn.ModuleDict(
             {
                 f"{stage}_metrics": nn.ModuleDict(
@@ -202,22 +199,23 @@ class MultiTaskModule(L.LightningModule):
         targets: Mapping[str, Tensor],
         masks: Mapping[str, Tensor],
         stage: str | None,
-    ) -> tuple[Tensor, list[Tensor], Tensor]:
-        """(z, T scalar losses, (T,) presence); updates the stage's metrics when ``stage`` given.
+    ) -> tuple[Tensor, list[Tensor], Tensor, list[Tensor] | None]:
+        """(z, T scalar losses, (T,) presence, the heads' views of z or None); updates the
+        stage's metrics when ``stage`` is given.
 
-        When the weighting differentiates w.r.t. z, each head reads its own view of z (kept in
-        ``self._task_views``) so that all T gradients come from a single backward pass.
+        When the weighting differentiates w.r.t. z, each head reads its own view of z
+        (:func:`~lit_mtl.task_views`) so that all T gradients come from a single backward pass.
         """
         z = self.encoder(x)  # (N, D) shared representation
         wants_z_grads = self.weighting.uses_task_representations and stage == "train"
         if wants_z_grads and torch.is_grad_enabled() and not z.requires_grad:
             z = z.detach().requires_grad_()  # frozen encoder: the heads' gradients w.r.t. z
         views = wants_z_grads and z.requires_grad
-        self._task_views: list[Tensor] | None = task_views(z, len(self.tasks)) if views else None
+        head_inputs = task_views(z, len(self.tasks)) if views else None
         losses: list[Tensor] = []
         present: list[Tensor] = []
         for i, (name, task) in enumerate(self.tasks.items()):
-            pred = task(z if self._task_views is None else self._task_views[i])  # (N,) or (N, d)
+            pred = task(z if head_inputs is None else head_inputs[i])  # (N,) or (N, d)
             target, mask = targets[name], masks.get(name)
             task.check_target(pred, target)
             losses.append(task.loss(pred, target, mask))  # scalar, 0 when unlabelled
@@ -226,24 +224,17 @@ class MultiTaskModule(L.LightningModule):
                 inputs = task.metric_inputs(pred, target, mask)
                 if inputs is not None:
                     self.metrics[f"{stage}_metrics"][name].update(*inputs)
-        return z, losses, torch.stack(present)
-
-    def _shared_step(self, batch: Batch, stage: str) -> tuple[Tensor, Tensor, list[Tensor], int]:
-        x, targets, masks = unpack_batch(batch)
-        self._check_targets(targets, masks)
-        z, losses, present = self._task_losses(x, targets, masks, stage)
-        if self.weighting.needs_losses_after_step and stage == "train":
-            self._last_train_batch = (x, targets, masks)
-        return z, present, losses, x.shape[0]
+        return z, losses, torch.stack(present), head_inputs
 
     @torch.no_grad()
-    def _recompute_last_losses(self) -> tuple[Tensor, Tensor]:
-        """Task losses of the last training batch under the current parameters (FAMO's l').
+    def _recompute_losses(
+        self, x: Tensor, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        """Task losses of a training batch under the current parameters (FAMO's l').
 
         Runs in train mode (as the step did) under the trainer's precision context; BatchNorm
         running statistics are restored afterwards so the extra forward leaves no trace.
         """
-        x, targets, masks = self._last_train_batch
         norms = [m for m in self.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         saved = [{k: v.clone() for k, v in m.state_dict().items()} for m in norms]
         context = (
@@ -252,20 +243,16 @@ class MultiTaskModule(L.LightningModule):
             else contextlib.nullcontext()
         )
         with context:
-            _, losses, present = self._task_losses(x, targets, masks, stage=None)
+            _, losses, present, _ = self._task_losses(x, targets, masks, stage=None)
         for m, state in zip(norms, saved, strict=True):
             m.load_state_dict(state)
         return stack_losses(losses), present
 
-    def _loss_scale(self) -> Tensor | None:
-        """The fp16 GradScaler's current scale (no host sync), or None."""
+    def _loss_scale(self) -> Tensor | float | None:
+        """The fp16 GradScaler's current scale, or None."""
         if self._trainer is None:
             return None
-        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
-        if scaler is None or not scaler.is_enabled():
-            return None
-        scale = getattr(scaler, "_scale", None)
-        return scale if isinstance(scale, Tensor) else torch.tensor(scaler.get_scale())
+        return loss_scale_of(getattr(self.trainer.precision_plugin, "scaler", None))
 
     def _check_finite(self, stacked: Tensor, batch_idx: int) -> bool:
         finite = torch.isfinite(stacked)
@@ -293,18 +280,25 @@ class MultiTaskModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
-        z, present, losses, n = self._shared_step(batch, "train")
+        x, targets, masks = unpack_batch(batch)
+        self._check_targets(targets, masks)
+        z, losses, present, views = self._task_losses(x, targets, masks, "train")
+        n = x.shape[0]
         stacked = stack_losses(losses).detach()  # (T,)
         if not self._check_finite(stacked, batch_idx):
             return None
-        loss = self.weighting(
-            losses,
+        context = StepContext(  # what the weighting may read (one immutable object per step)
+            losses=tuple(losses),
             present=present,
             representation=z,
+            task_representations=None if views is None else tuple(views),
+            head_parameters=None
+            if views is None
+            else tuple(tuple(task.parameters()) for task in self.tasks.values()),
             loss_scale=self._loss_scale(),
-            task_representations=self._task_views,
+            recompute_losses=lambda: self._recompute_losses(x, targets, masks),
         )
-        self._task_views = None
+        loss = self.weighting(context)  # its post-step update runs after the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         weights = self.weighting.last_weights
         for i, name in enumerate(self.task_names):
@@ -316,7 +310,10 @@ class MultiTaskModule(L.LightningModule):
         return loss
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
-        _, _, losses, n = self._shared_step(batch, stage)
+        x, targets, masks = unpack_batch(batch)
+        self._check_targets(targets, masks)
+        _, losses, _, _ = self._task_losses(x, targets, masks, stage)
+        n = x.shape[0]
         stacked = stack_losses(losses)
         self.log(
             f"{stage}/loss", stacked.sum(), prog_bar=stage == "val", batch_size=n, sync_dist=True
@@ -355,14 +352,6 @@ class MultiTaskModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_monitor},
         }
-
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        # once per optimizer step, after accumulation
-        if self.weighting.needs_losses_after_step and self._last_train_batch is not None:
-            self.weighting.on_optimizer_step(self._recompute_last_losses)
-        else:
-            self.weighting.on_optimizer_step()
 
     def on_train_epoch_start(self) -> None:
         self.weighting.on_train_epoch_start()

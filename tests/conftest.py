@@ -65,3 +65,35 @@ def small_module(
 @pytest.fixture
 def seeded() -> None:
     torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------- the repository stays clean
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: folders the suite may write (caches, the CI's environment) and that git ignores anyway
+_SKIPPED_DIRS = {".git", ".ci-venv", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache"}
+
+
+def repository_files(root: str = REPO_ROOT) -> set[str]:
+    """Every file under the repository, less caches and virtual environments."""
+    found: set[str] = set()
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in _SKIPPED_DIRS and not d.endswith(".egg-info")]
+        found.update(os.path.relpath(os.path.join(folder, f), root) for f in files)
+    return found
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    session.config._repository_files_before = repository_files()  # type: ignore[attr-defined]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a test left a file in the repository (tests write under tmp_path)."""
+    before = getattr(session.config, "_repository_files_before", None)
+    if before is None:
+        return
+    new = sorted(repository_files() - before)
+    if new:
+        session.config.get_terminal_writer().line(
+            f"FAILED: the test suite wrote into the repository: {new[:20]}", red=True
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

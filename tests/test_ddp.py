@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from lit_mtl import (
+    DBMTL,
     DWA,
     FAMO,
     MGDAUB,
@@ -47,6 +48,7 @@ FAMILIES: dict[str, tuple[type[Weighting], str]] = {
     "mgda-ub (Gramian of z, summed)": (MGDAUB, "encoder.blocks.0.0.weight"),
     "pcgrad (parameter gradients, averaged)": (PCGrad, "weighting.step"),
     "nash-mtl (solver state)": (NashMTL, "weighting.alpha"),
+    "db-mtl (gradient buffer, averaged)": (DBMTL, "weighting.buffer"),
 }
 
 

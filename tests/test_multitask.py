@@ -195,7 +195,7 @@ def test_gradient_accumulation_and_clipping() -> None:
     dm = small_data()  # 256 samples / 32 = 8 batches
     module = small_module(dm, UncertaintyWeighting())
     calls = []
-    module.weighting.on_optimizer_step = lambda: calls.append(1)  # type: ignore[method-assign]
+    module.weighting.update = lambda: calls.append(1)  # type: ignore[method-assign]
     trainer = fast_trainer(max_epochs=1, accumulate_grad_batches=4, gradient_clip_val=0.5)
     trainer.fit(module, dm)
     assert trainer.global_step == 2 and len(calls) == 2  # once per optimizer step

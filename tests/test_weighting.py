@@ -20,6 +20,7 @@ from lit_mtl.functional import (
     pcgrad_coefficients,
 )
 from lit_mtl.weighting import (
+    DBMTL,
     DWA,
     FAMO,
     IMTLG,
@@ -34,6 +35,7 @@ from lit_mtl.weighting import (
     PCGrad,
     StaticWeighting,
     UncertaintyWeighting,
+    UPGrad,
     Weighting,
     dwa_weights,
     famo_logit_gradient,
@@ -62,6 +64,9 @@ METHODS: dict[str, Callable[[], Weighting]] = {
     "imtl_g": IMTLG,
     "nash_mtl": NashMTL,
     "aligned_mtl": AlignedMTL,
+    "upgrad": UPGrad,
+    "upgrad_repr": lambda: UPGrad(target="representation"),
+    "db_mtl": DBMTL,
 }
 
 
@@ -93,22 +98,21 @@ def bound(name: str, problem: Problem) -> Weighting:
 
 
 def run_steps(w: Weighting, problem: Problem, steps: int, lr: float = 0.05) -> None:
-    """A plain training loop calling the hooks the way MultiTaskModule does."""
+    """A plain training loop; the weighting's own updates run after opt.step() by themselves."""
     opt = torch.optim.SGD(list(problem.parameters()) + list(w.parameters()), lr=lr)
     for step in range(steps):
         if step % 2 == 0:
             w.on_train_epoch_start()
         losses, z = problem.losses()
         opt.zero_grad()
-        w(losses, representation=z).backward()
-        opt.step()
 
         def recompute() -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
                 again, _ = problem.losses()
             return torch.stack(again), torch.ones(3, dtype=torch.bool)
 
-        w.on_optimizer_step(recompute if w.needs_losses_after_step else None)
+        w(losses, representation=z, recompute_losses=recompute).backward()
+        opt.step()  # the weighting's post-step update runs by itself (optimizer hook)
 
 
 @pytest.fixture(params=sorted(METHODS))
@@ -192,15 +196,15 @@ def test_bad_shared_target_is_an_error() -> None:
     with pytest.raises(ValueError, match=r"shared target .blocks\.9."):
         small_module(dm, PCGrad(target="blocks.9"))
     module = small_module(dm, PCGrad(target="blocks.1"))  # a named encoder module works
-    assert len(module.weighting._target_params) == 2
+    assert len(module.weighting.engine.params) == 2
 
 
 def test_gradient_method_without_target_in_drop_in_call() -> None:
     w = MGDAUB(num_tasks=2)
-    with pytest.raises(ValueError, match="needs representation=z"):
+    with pytest.raises(ValueError, match="needs the representation"):
         w([torch.tensor(1.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)])
     w = PCGrad(num_tasks=2)
-    with pytest.raises(ValueError, match="needs shared_params"):
+    with pytest.raises(ValueError, match="needs shared_parameters"):
         w([torch.tensor(1.0, requires_grad=True), torch.tensor(2.0, requires_grad=True)])
 
 
@@ -258,19 +262,23 @@ PINNED = [
     # w = (1, 1), ||grad L|| = (1, 3), L = L0: r = 1, G = (1, 3), target = 2 -> sign(-1, 1) * (1, 3)
     (
         "gradnorm dL/dw",
-        lambda: gradnorm_weight_gradient([1.0, 1.0], [1.0, 3.0], [1.0, 1.0], [1.0, 1.0], 1.5)[0],
+        lambda: gradnorm_weight_gradient(
+            *map(torch.tensor, ([1.0, 1.0], [1.0, 3.0], [1.0, 1.0], [1.0, 1.0])), 1.5
+        )[0],
         [-1.0, 3.0],
     ),
     # z = (1/2, 1/2), l = (1, 3): raw z/l = (1/2, 1/6) -> normalised (3/4, 1/4)
     (
         "famo weights",
-        lambda: famo_weights([0.0, 0.0], [1.0, 3.0], [0.0, 0.0]),
+        lambda: famo_weights(*map(torch.tensor, ([0.0, 0.0], [1.0, 3.0], [0.0, 0.0]))),
         [0.75, 0.25],
     ),
     # d = (log 2, 0), z . d = log2 / 2: z * (d - z.d) = (log2 / 4, -log2 / 4)
     (
         "famo logit gradient",
-        lambda: famo_logit_gradient([0.0, 0.0], [1.0, 3.0], [0.5, 3.0], [0.0, 0.0]),
+        lambda: famo_logit_gradient(
+            *map(torch.tensor, ([0.0, 0.0], [1.0, 3.0], [0.5, 3.0], [0.0, 0.0]))
+        ),
         [math.log(2) / 4, -math.log(2) / 4],
     ),
 ]
@@ -331,7 +339,7 @@ def test_gradient_methods_apply_the_coefficients_to_the_task_gradients() -> None
             losses, z = problem.losses()
             per_task = [torch.autograd.grad(loss, params, retain_graph=True) for loss in losses]
             jac = torch.stack([torch.cat([g.flatten() for g in row]) for row in per_task])
-            out = w(losses, shared_params=params, representation=z if with_z else None)
+            out = w(losses, shared_parameters=params, representation=z if with_z else None)
             got = torch.autograd.grad(out, params)
             c = w.last_weights
             for k, g in enumerate(got):
@@ -430,15 +438,19 @@ def test_rlw_weights_sum_to_one_and_change_per_step() -> None:
     first = w.sample()
     assert first.sum().item() == pytest.approx(1.0)
     assert torch.equal(w.sample(), first)  # same step, same draw (accumulation, DDP ranks)
+    w.on_optimizer_step()  # no training forward since the last update: nothing to do
+    assert torch.equal(w.sample(), first)
+    w(torch.ones(3, requires_grad=True))
     w.on_optimizer_step()
-    assert not torch.equal(w.sample(), first)
+    w.on_optimizer_step()  # at most once per step
+    assert int(w.step) == 1 and not torch.equal(w.sample(), first)
 
 
 def test_famo_logits_move_toward_slower_task() -> None:
     w = FAMO(num_tasks=2)
     w(torch.tensor([1.0, 1.0]))
     # task 0 improved, task 1 did not: xi_0 should drop (FAMO raises the weight of the laggard)
-    w.update(torch.tensor([0.5, 1.0]))
+    w.apply_losses_after_step(torch.tensor([0.5, 1.0]))
     assert w.logits[0] < w.logits[1]
 
 
@@ -456,6 +468,7 @@ def test_dwa_closes_epochs_at_the_next_epoch_start() -> None:
 
 def test_task_views_backward_sums_and_hands_every_task_gradient_to_a_listener() -> None:
     from lit_mtl import task_views
+    from lit_mtl.engines.views import set_views_listener
 
     u = torch.randn(4, 3, requires_grad=True)
     z = u * 1.0
@@ -467,7 +480,7 @@ def test_task_views_backward_sums_and_hands_every_task_gradient_to_a_listener() 
     for i, g in enumerate(per_task):
         torch.testing.assert_close(g, torch.full((4, 3), float(i + 1)))
     received = []
-    views[0].grad_fn.listener = lambda grads: received.append([g.clone() for g in grads])
+    set_views_listener(views, lambda grads: received.append([g.clone() for g in grads]))
     sum(losses).backward()
     torch.testing.assert_close(u.grad, torch.full((4, 3), 6.0))  # 1 + 2 + 3
     assert len(received) == 1 and [float(g[0, 0]) for g in received[0]] == [1.0, 2.0, 3.0]
@@ -480,7 +493,7 @@ def test_task_views_backward_sums_and_hands_every_task_gradient_to_a_listener() 
 
 
 def test_elementwise_chain_names_the_diagonal_ops_between_a_layer_and_z() -> None:
-    from lit_mtl.weighting.gradnorm import elementwise_chain
+    from lit_mtl.engines.layer_norms import elementwise_chain
 
     u = torch.nn.Linear(3, 4)(torch.randn(5, 3))
     assert elementwise_chain(u, u) == ()
@@ -546,7 +559,6 @@ def test_gradient_methods_are_invariant_to_an_fp16_loss_scale(name: str) -> None
     for scale in (None, 2.0**12):
         problem = Problem()
         w = bound(name, problem)
-        w.bind_heads(list(problem.heads))  # as MultiTaskModule does
         params = list(problem.parameters())
         z = problem.encoder(problem.x)
         views = task_views(z, 3)
@@ -555,9 +567,15 @@ def test_gradient_methods_are_invariant_to_an_fp16_loss_scale(name: str) -> None
             nn.functional.mse_loss(problem.heads[1](views[1]).squeeze(1), problem.y[1]),
             nn.functional.cross_entropy(problem.heads[2](views[2]), problem.y[2]),
         ]
-        out = w(losses, representation=z, task_representations=views, loss_scale=scale)
+        out = w(
+            losses,
+            representation=z,
+            task_representations=views,
+            heads=problem.heads,  # as MultiTaskModule does
+            loss_scale=scale,
+        )
         grads = torch.autograd.grad(out * (scale or 1.0), params)
-        w.on_optimizer_step()
+        w.on_optimizer_step()  # no optimizer here: the post-step update by hand
         unscaled = [g / (scale or 1.0) for g in grads]
         state = {k: v.clone() for k, v in w.state_dict().items()}
         results.append((w.last_weights.clone(), unscaled, state))
@@ -569,3 +587,47 @@ def test_gradient_methods_are_invariant_to_an_fp16_loss_scale(name: str) -> None
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     for key, value in s0.items():
         torch.testing.assert_close(s1[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_db_mtl_gradients_follow_the_authors_formula() -> None:
+    """Two steps by hand (the authors' code, beta = 0.9, beta_sigma = 0): encoder gradient
+    sum_i (max_j ||b_j|| / ||b_i||) b_i with b the EMA of the gradients of log L_i; heads get
+    the gradient of sum_i log L_i."""
+    problem = Problem()
+    w = bound("db_mtl", problem)
+    shared = list(problem.encoder.parameters())
+    heads = list(problem.heads.parameters())
+    buffer = torch.zeros(3, sum(p.numel() for p in shared))
+    for _ in range(2):
+        losses, z = problem.losses()
+        logs = [torch.log(loss + 1e-8) for loss in losses]
+        g = torch.stack(
+            [
+                torch.cat(
+                    [x.reshape(-1) for x in torch.autograd.grad(v, shared, retain_graph=True)]
+                )
+                for v in logs
+            ]
+        )
+        buffer = g + 0.9 * (buffer - g)
+        norms = buffer.norm(dim=1)
+        expected = ((norms.max() / (norms + 1e-8))[:, None] * buffer).sum(0)
+        expected_heads = torch.autograd.grad(sum(logs), heads, retain_graph=True)
+        problem.zero_grad()
+        out = w(losses, representation=z, heads=problem.heads)
+        assert out.item() == pytest.approx(sum(v.item() for v in logs), rel=1e-6)
+        out.backward()
+        got = torch.cat([p.grad.reshape(-1) for p in shared])
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+        for p, e in zip(heads, expected_heads, strict=True):
+            torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-7)
+        with torch.no_grad():
+            for p in problem.parameters():
+                p -= 0.05 * p.grad
+        w.on_optimizer_step()
+    assert int(w.step) == 2
+
+
+def test_db_mtl_refuses_the_representation_target() -> None:
+    with pytest.raises(ValueError, match="target='representation' is not supported"):
+        DBMTL(target="representation")

@@ -1,35 +1,48 @@
-"""Pure math used by the weighting methods: no state, no Lightning."""
+"""Pure rules of the weighting methods: tensors or arrays in, tensors or arrays out. No module
+state, no buffers, no Lightning, no cross-rank communication."""
 
 from lit_mtl.functional.aggregation import (
     aligned_mtl_coefficients,
     cagrad_coefficients,
+    cagrad_solve,
+    dual_cone_projection_weights,
     imtl_g_coefficients,
     min_norm_coefficients,
     nash_mtl_coefficients,
     pcgrad_coefficients,
     project_to_simplex,
+    upgrad_coefficients,
 )
-from lit_mtl.functional.distributed import (
-    all_reduce_max,
-    all_reduce_mean,
-    all_reduce_sum,
-    masked_mean_over_ranks,
-    world_size,
+from lit_mtl.functional.loss_weighting import (
+    db_mtl_ema,
+    db_mtl_scales,
+    dwa_weights,
+    famo_logit_gradient,
+    famo_weights,
+    gradnorm_weight_gradient,
+    uncertainty_weighted_terms,
+    uncertainty_weights,
 )
 from lit_mtl.functional.optim import adam_step
 
 __all__ = [
     "adam_step",
     "aligned_mtl_coefficients",
-    "all_reduce_max",
-    "all_reduce_mean",
-    "all_reduce_sum",
     "cagrad_coefficients",
+    "cagrad_solve",
+    "db_mtl_ema",
+    "db_mtl_scales",
+    "dual_cone_projection_weights",
+    "dwa_weights",
+    "famo_logit_gradient",
+    "famo_weights",
+    "gradnorm_weight_gradient",
     "imtl_g_coefficients",
-    "masked_mean_over_ranks",
     "min_norm_coefficients",
     "nash_mtl_coefficients",
     "pcgrad_coefficients",
     "project_to_simplex",
-    "world_size",
+    "uncertainty_weighted_terms",
+    "uncertainty_weights",
+    "upgrad_coefficients",
 ]

@@ -18,11 +18,13 @@ __all__ = [
     "aligned_mtl_coefficients",
     "cagrad_coefficients",
     "cagrad_solve",
+    "dual_cone_projection_weights",
     "imtl_g_coefficients",
     "min_norm_coefficients",
     "nash_mtl_coefficients",
     "pcgrad_coefficients",
     "project_to_simplex",
+    "upgrad_coefficients",
 ]
 
 
@@ -289,3 +291,80 @@ def aligned_mtl_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:
     vals, vecs = vals[keep], vecs[:, keep]
     b = np.sqrt(vals.min()) * (vecs / np.sqrt(vals)[None, :]) @ vecs.T
     return b.sum(axis=1)
+
+
+def dual_cone_projection_weights(
+    gramian: Tensor | np.ndarray, u: np.ndarray, tol: float = 1e-12, max_iter: int | None = None
+) -> np.ndarray:
+    """The weights v of the projection of J^T u onto the dual cone {d : J d >= 0}, from G = J J^T.
+
+    By Quinton & Rey (2024, Proposition 1) they solve ``min_v v^T G v  s.t.  v >= u``. With
+    v = u + s this is the non-negative QP ``min_s 1/2 s^T G s + (G u)^T s, s >= 0``, solved
+    exactly by an active-set method (Lawson & Hanson's, on the quadratic): finite, no QP package.
+    G must be positive definite (regularise a singular Gramian first, as :func:`upgrad_coefficients`
+    does).
+
+    >>> import numpy as np
+    >>> g = np.array([[1.0, -0.5], [-0.5, 1.0]])  # conflicting gradients
+    >>> dual_cone_projection_weights(g, np.array([1.0, 0.0])).round(6).tolist()
+    [1.0, 0.5]
+    """
+    g = _as_numpy(gramian)
+    u = np.asarray(u, dtype=np.float64)
+    t = g.shape[0]
+    b = g @ u
+    s = np.zeros(t)
+    free = np.zeros(t, dtype=bool)
+    scale = max(float(np.max(np.abs(np.diag(g)))), 1e-300)
+    for _ in range(max_iter or 10 * t + 10):
+        negative_grad = -(g @ s + b)
+        candidates = np.where(~free, negative_grad, -np.inf)
+        j = int(np.argmax(candidates))
+        if free.all() or candidates[j] <= tol * scale:
+            break
+        free[j] = True
+        while True:
+            idx = np.flatnonzero(free)
+            z = np.zeros(t)
+            z[idx] = np.linalg.solve(g[np.ix_(idx, idx)], -b[idx])
+            if np.all(z[idx] > 0):
+                s = z
+                break
+            blocking = idx[z[idx] <= 0]
+            step = np.min(s[blocking] / (s[blocking] - z[blocking]))
+            s = s + step * (z - s)
+            free &= s > tol
+            s[~free] = 0.0
+            if not free.any():
+                break
+    return u + s
+
+
+def upgrad_coefficients(
+    gramian: Tensor | np.ndarray,
+    preference: np.ndarray | None = None,
+    norm_eps: float = 1e-4,
+    reg_eps: float = 1e-4,
+) -> np.ndarray:
+    """UPGrad (Quinton & Rey, "Jacobian Descent for Multi-Objective Optimization", 2024).
+
+    Each task gradient p_i g_i is projected onto the dual cone of all task gradients
+    (:func:`dual_cone_projection_weights` with u = p_i e_i) and the projections are summed:
+    c = sum_i v^(i). The update J^T c conflicts with no task (J J^T c >= 0) and equals
+    sum_i p_i g_i when the gradients do not conflict. p defaults to 1/T (the mean). As in the
+    authors' code, G is first divided by its trace (scale-invariant; zero if the trace is below
+    ``norm_eps``) and ``reg_eps`` is added to its diagonal (positive definite).
+
+    >>> import numpy as np
+    >>> upgrad_coefficients(np.eye(2)).round(6).tolist()  # orthogonal: the mean
+    [0.5, 0.5]
+    """
+    g = _as_numpy(gramian)
+    t = g.shape[0]
+    p = np.full(t, 1.0 / t) if preference is None else np.asarray(preference, dtype=np.float64)
+    if p.shape != (t,):
+        raise ValueError(f"preference must have {t} entries, got shape {p.shape}")
+    trace = float(np.trace(g))
+    g = np.zeros_like(g) if trace < norm_eps else g / trace
+    g = g + reg_eps * np.eye(t)
+    return sum(dual_cone_projection_weights(g, p[i] * np.eye(t)[i]) for i in range(t))

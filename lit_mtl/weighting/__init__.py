@@ -1,25 +1,35 @@
 """Task-weighting methods: one small class per method (formula and paper in each docstring)."""
 
+from lit_mtl.engines.context import StepContext, stack_losses, step_context
+from lit_mtl.engines.parameters import resolve_shared_target
+from lit_mtl.engines.views import task_views
+from lit_mtl.functional.loss_weighting import (
+    dwa_weights,
+    famo_logit_gradient,
+    famo_weights,
+    gradnorm_weight_gradient,
+    uncertainty_weighted_terms,
+    uncertainty_weights,
+)
 from lit_mtl.weighting.aligned import AlignedMTL
-from lit_mtl.weighting.base import Weighting, stack_losses, task_views
+from lit_mtl.weighting.base import Weighting
 from lit_mtl.weighting.cagrad import CAGrad
-from lit_mtl.weighting.dwa import DWA, dwa_weights
+from lit_mtl.weighting.db_mtl import DBMTL
+from lit_mtl.weighting.dwa import DWA
 from lit_mtl.weighting.equal import EqualWeighting, StaticWeighting
-from lit_mtl.weighting.famo import FAMO, famo_logit_gradient, famo_weights
-from lit_mtl.weighting.gradient import GradientWeighting, resolve_shared_target
-from lit_mtl.weighting.gradnorm import GradNorm, gradnorm_weight_gradient
+from lit_mtl.weighting.famo import FAMO
+from lit_mtl.weighting.gradnorm import GradNorm
+from lit_mtl.weighting.gramian import GramianWeighting
 from lit_mtl.weighting.imtl import IMTLG
 from lit_mtl.weighting.mgda import MGDA, MGDAUB
 from lit_mtl.weighting.nash import NashMTL
 from lit_mtl.weighting.pcgrad import PCGrad
 from lit_mtl.weighting.rlw import RLW
-from lit_mtl.weighting.uncertainty import (
-    UncertaintyWeighting,
-    uncertainty_weighted_terms,
-    uncertainty_weights,
-)
+from lit_mtl.weighting.uncertainty import UncertaintyWeighting
+from lit_mtl.weighting.upgrad import UPGrad
 
 __all__ = [
+    "DBMTL",
     "DWA",
     "FAMO",
     "IMTLG",
@@ -30,10 +40,12 @@ __all__ = [
     "CAGrad",
     "EqualWeighting",
     "GradNorm",
-    "GradientWeighting",
+    "GramianWeighting",
     "NashMTL",
     "PCGrad",
     "StaticWeighting",
+    "StepContext",
+    "UPGrad",
     "UncertaintyWeighting",
     "Weighting",
     "dwa_weights",
@@ -42,6 +54,7 @@ __all__ = [
     "gradnorm_weight_gradient",
     "resolve_shared_target",
     "stack_losses",
+    "step_context",
     "task_views",
     "uncertainty_weighted_terms",
     "uncertainty_weights",

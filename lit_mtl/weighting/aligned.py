@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from lit_mtl.functional.aggregation import aligned_mtl_coefficients
-from lit_mtl.weighting.gradient import GradientWeighting
+from lit_mtl.weighting.gramian import GramianWeighting
 
 __all__ = ["AlignedMTL"]
 
 
-class AlignedMTL(GradientWeighting):
+class AlignedMTL(GramianWeighting):
     """Aligned-MTL, Senushkin et al. 2023 (https://arxiv.org/abs/2305.19000).
 
     With G = V diag(l) V^T (rank r), the balancing matrix B = sqrt(l_min) V diag(l^{-1/2}) V^T makes
@@ -23,8 +23,7 @@ class AlignedMTL(GradientWeighting):
     Scale-invariant (B depends on ratios of eigenvalues only).
     """
 
-    def __init__(self, num_tasks: int | None = None, target: str = "shared") -> None:
-        super().__init__(num_tasks=num_tasks, target=target)
+    default_target = "shared"
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
         return aligned_mtl_coefficients(gramian)

@@ -1,92 +1,60 @@
 """The weighting base class: turn the T task losses of a step into one scalar to backpropagate.
 
-Every method, loss-based or gradient-based, is called the same way from the training step::
+Every method is called the same way, with the step's :class:`~lit_mtl.StepContext` (built by
+``MultiTaskModule``, or by :func:`~lit_mtl.step_context` in your own module)::
 
-    loss = weighting(task_losses, present=present, representation=z, shared_params=params)
+    loss = weighting(step_context(losses, present=..., representation=z, heads=...))
+    loss = weighting(losses, representation=z)      # the same: keywords build the context
 
-``task_losses`` is a sequence of T scalar tensors (or a stacked (T,) tensor). Loss-based methods
-read only the values; gradient-based methods differentiate
-each task's *own* loss tensor with respect to a shared target (the representation ``z`` or the
-shared parameters) with :func:`torch.autograd.grad`, compute task coefficients ``c`` from the
-per-task gradients, and return ``(c.detach() * losses).sum()``, so that one ordinary backward (run
-by Lightning: AMP, DDP, accumulation and clipping unchanged) applies the combined direction.
+Loss-based methods read only the losses. Gradient-based methods get per-task gradients from an
+engine (:mod:`lit_mtl.engines`) and return a scalar whose ordinary backward (run by Lightning: AMP,
+DDP, accumulation and clipping unchanged) applies the combined direction.
 
-State that a method learns outside the task loss (e.g. GradNorm's weights) lives in buffers of the
-weighting, so it is part of the owning LightningModule's ``state_dict`` (saved in checkpoints) and
-outside DDP's gradient all-reduce. Parameters trained *by* the task loss (uncertainty weighting's
-log-variances) are ordinary parameters returned by :meth:`Weighting.parameter_groups`.
+State is declared once with :meth:`Weighting.add_state` (name, default, reduction across ranks,
+checkpointed or not), as torchmetrics does: states are buffers, so they are in the owning module's
+``state_dict`` and outside DDP's gradient all-reduce. Parameters trained *by* the task loss
+(uncertainty weighting's log-variances) are ordinary parameters returned by
+:meth:`Weighting.parameter_groups`.
+
+Updates after the optimizer step (GradNorm's w, FAMO's logits, step counters) happen by
+themselves: a weighting that ran a training forward is updated once by the next ``step()`` of a
+``torch.optim`` optimizer that holds the model's parameters (one global optimizer post-step hook).
+Calling :meth:`Weighting.on_optimizer_step` yourself is harmless (it runs at most once per step).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+import weakref
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.hooks import RemovableHandle
 
-__all__ = ["Weighting", "stack_losses", "task_views"]
+from lit_mtl.engines.context import StepContext, step_context
+from lit_mtl.engines.distributed import all_reduce_max, all_reduce_sum, world_size
 
+__all__ = ["Reduction", "Weighting"]
 
-def stack_losses(losses: Tensor | Sequence[Tensor]) -> Tensor:
-    """Stack T scalar losses into a float32 (T,) tensor (keeps the graph)."""
-    if isinstance(losses, Tensor):
-        if losses.dim() != 1:
-            raise ValueError(f"losses must be a (T,) tensor, got shape {tuple(losses.shape)}")
-        return losses.float()
-    items = list(losses)
-    for i, item in enumerate(items):
-        if not isinstance(item, Tensor) or item.numel() != 1:
-            raise ValueError(f"losses[{i}] must be a scalar tensor, got {item!r}")
-    return torch.stack([item.reshape(()).float() for item in items])
+Reduction = Literal["sum", "mean", "max"]
+
+#: weightings that ran a training forward since their last post-step update
+_PENDING: weakref.WeakSet[Weighting] = weakref.WeakSet()
+_HOOK: RemovableHandle | None = None
 
 
-class _TaskViews(torch.autograd.Function):
-    """T aliases of z, one per head, in ONE graph node.
-
-    Its backward receives every task's gradient w.r.t. z at once (instead of T view nodes whose
-    gradients autograd adds one by one), hands them to a listener set on the node by a
-    weighting (GradNorm reads per-task gradients off the ordinary backward this
-    way) and returns their sum to z. ``torch.autograd.grad`` w.r.t. the views captures each
-    task's gradient without running this node.
-    """
-
-    @staticmethod
-    def forward(ctx, z: Tensor, num_tasks: int) -> tuple[Tensor, ...]:  # type: ignore[override]
-        ctx.listener = None
-        return tuple(z.view_as(z) for _ in range(num_tasks))
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor):  # type: ignore[no-untyped-def, override]
-        listener, ctx.listener = ctx.listener, None
-        if listener is not None:
-            listener(grads)
-        if len(grads) == 1:
-            return grads[0], None
-        total = grads[0] + grads[1]
-        for g in grads[2:]:
-            total.add_(g)
-        return total, None
+def _after_any_optimizer_step(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    for weighting in list(_PENDING):
+        if weighting._owned_by(optimizer):
+            weighting.on_optimizer_step()
 
 
-def task_views(representation: Tensor, num_tasks: int) -> list[Tensor]:
-    """One view of the shared representation z per task head, for gradient-based weightings.
-
-    Feed head i the i-th view and pass the list as ``task_representations=`` to the weighting:
-    the per-task gradients w.r.t. z (and every head's own gradients) then come from a single
-    backward pass, and GradNorm reads its gradient norms off the ordinary backward. The views
-    alias z (no copy); heads must not modify them in place.
-
-    >>> z = torch.ones(4, 3, requires_grad=True)
-    >>> views = task_views(z, 2)
-    >>> len(views), views[0].shape
-    (2, torch.Size([4, 3]))
-    """
-    if num_tasks < 1:
-        raise ValueError(f"num_tasks must be >= 1, got {num_tasks}")
-    if not representation.requires_grad:
-        return [representation] * num_tasks
-    return list(_TaskViews.apply(representation, int(num_tasks)))
+def _ensure_hook() -> None:
+    global _HOOK
+    if _HOOK is None:
+        _HOOK = register_optimizer_step_post_hook(_after_any_optimizer_step)
 
 
 class Weighting(nn.Module):
@@ -97,19 +65,16 @@ class Weighting(nn.Module):
             :class:`~lit_mtl.MultiTaskModule`, the module binds it to its tasks; when given here,
             it must agree with the module's tasks (a clear error otherwise).
 
-    Subclasses implement :meth:`combine` and may override :meth:`_build` (create per-task
-    parameters/buffers once T is known), :meth:`parameter_groups`, and the training hooks
-    :meth:`on_optimizer_step` / :meth:`on_train_epoch_end`.
+    Subclasses implement :meth:`combine` and may override :meth:`_build` (declare per-task state
+    once T is known), :meth:`parameter_groups`, :meth:`update` (after each optimizer step) and
+    :meth:`on_train_epoch_start`.
 
     After each call, :attr:`last_weights` holds the (T,) weights applied to the task losses (for
     logging; detached).
     """
 
-    #: True for methods that need the task losses recomputed on the same batch after the optimizer
-    #: step (FAMO); the owning module then passes ``recompute_losses`` to :meth:`on_optimizer_step`.
-    needs_losses_after_step: ClassVar[bool] = False
-    #: True for methods that differentiate the task losses w.r.t. z (the module then feeds each
-    #: head its own view of z and passes the views as ``task_representations``)
+    #: True for methods that differentiate the task losses w.r.t. z: the module then feeds each
+    #: head its own view of z (:func:`~lit_mtl.task_views`) and puts the views in the context
     uses_task_representations: ClassVar[bool] = False
 
     def __init__(self, num_tasks: int | None = None) -> None:
@@ -119,10 +84,63 @@ class Weighting(nn.Module):
         self._num_tasks: int | None = None if num_tasks is None else int(num_tasks)
         self.task_names: list[str] = []
         self.task_kinds: list[str] = []
-        self.register_buffer("last_weights", torch.empty(0), persistent=False)
+        self._state_specs: dict[str, tuple[Tensor, Reduction | None]] = {}
+        #: the model's parameters (a plain tuple: the encoder owns them), to recognise its optimizer
+        self._owner_params: tuple[Tensor, ...] = ()
+        self._owned_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        #: the last training step's recompute function (FAMO) and shared parameters (drop-in)
+        self._last_recompute: Any = None
+        self._last_shared: tuple[Tensor, ...] | None = None
+        self.add_state("last_weights", torch.empty(0), persistent=False)
         if self._num_tasks is not None:
             self._build(self._num_tasks, ["regression"] * self._num_tasks)
             self.last_weights = torch.ones(self._num_tasks)
+
+    # ------------------------------------------------------------------ declared state
+    def add_state(
+        self,
+        name: str,
+        default: Tensor,
+        reduction: Reduction | None = None,
+        persistent: bool = True,
+    ) -> None:
+        """Declare a piece of state: a buffer (moves with the module, in its ``state_dict`` when
+        ``persistent``), its default (for :meth:`reset_state`) and how it reduces across DDP
+        ranks in :meth:`reduced_state` (None: identical on every rank by construction)."""
+        if reduction not in (None, "sum", "mean", "max"):
+            raise ValueError(f"reduction of state {name!r} must be sum, mean, max or None")
+        self.register_buffer(name, default.clone(), persistent=persistent)
+        self._state_specs[name] = (default.detach().clone(), reduction)
+
+    def reduced_state(self, *names: str) -> dict[str, Tensor]:
+        """Copies of the named states reduced across ranks as declared (one all-reduce per
+        reduction kind: the states of one kind travel packed in one vector)."""
+        out: dict[str, Tensor] = {}
+        by_kind: dict[str, list[str]] = {}
+        for name in names:
+            if name not in self._state_specs:
+                raise KeyError(f"{type(self).__name__} declares no state {name!r}")
+            reduction = self._state_specs[name][1]
+            if reduction is None or world_size() == 1:
+                out[name] = getattr(self, name).clone()
+            else:
+                by_kind.setdefault(reduction, []).append(name)
+        for kind, group in by_kind.items():
+            tensors = [getattr(self, n) for n in group]
+            packed = torch.cat([t.reshape(-1).double() for t in tensors])
+            packed = all_reduce_max(packed) if kind == "max" else all_reduce_sum(packed)
+            if kind == "mean":
+                packed = packed / world_size()
+            offset = 0
+            for name, t in zip(group, tensors, strict=True):
+                out[name] = packed[offset : offset + t.numel()].view_as(t).to(t.dtype)
+                offset += t.numel()
+        return out
+
+    def reset_state(self, *names: str) -> None:
+        """Set the named states back to their declared defaults."""
+        for name in names:
+            getattr(self, name).copy_(self._state_specs[name][0])
 
     # ------------------------------------------------------------------ binding
     @property
@@ -144,8 +162,9 @@ class Weighting(nn.Module):
         """Attach the weighting to the owning module's tasks (called by MultiTaskModule).
 
         ``encoder`` lets gradient-based methods resolve their shared target (the last shared layer,
-        a named module or parameter, or all shared parameters). ``baseline_losses`` gives the loss
-        of an uninformed predictor per task where known (log C for C-class cross-entropy).
+        a named module or parameter, or all shared parameters) and names the parameters whose
+        optimizer's steps trigger :meth:`update`. ``baseline_losses`` gives the loss of an
+        uninformed predictor per task where known (log C for C-class cross-entropy).
         """
         names = list(task_names)
         kinds = list(task_kinds) if task_kinds is not None else ["regression"] * len(names)
@@ -162,81 +181,52 @@ class Weighting(nn.Module):
         self._build(len(names), kinds)
         self.last_weights = torch.ones(len(names), device=self.last_weights.device)
         if encoder is not None:
+            self._owner_params = tuple(encoder.parameters())
+            self._owned_cache = weakref.WeakKeyDictionary()
             self._bind_encoder(encoder)
 
     def _bind_encoder(self, encoder: nn.Module) -> None:
         """Resolve what the method differentiates (gradient-based methods)."""
 
     def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
-        """Create per-task parameters/buffers. Called on construction (if T is known) and bind."""
+        """Declare per-task state. Called on construction (if T is known) and by bind."""
 
     # ------------------------------------------------------------------ main entry
-    def forward(
-        self,
-        losses: Tensor | Sequence[Tensor],
-        *,
-        present: Tensor | None = None,
-        representation: Tensor | None = None,
-        shared_params: Sequence[Tensor] | None = None,
-        loss_scale: Tensor | float | None = None,
-        task_representations: Sequence[Tensor] | None = None,
-    ) -> Tensor:
-        """Combine T task losses into one scalar.
+    def forward(self, losses: StepContext | Tensor | Sequence[Tensor], **context: Any) -> Tensor:
+        """Combine the T task losses of a step into one scalar.
 
         Args:
-            losses: T scalar loss tensors (or a (T,) tensor).
-            present: optional (T,) bool tensor; False for a task with no label in this batch. Such
-                a task contributes exactly zero.
-            representation: the shared representation ``z`` (gradient methods on ``z``).
-            shared_params: the shared parameters (gradient methods on parameters); default: the
-                ones resolved from the encoder given to :meth:`bind`.
-            task_representations: optional per-task views of z (``z.view_as(z)``, one fed to
-                each head); with them gradient methods get all T gradients w.r.t. z in a single
-                backward pass instead of T.
-            loss_scale: the fp16 GradScaler's current scale, if any. Gradient methods compute the
-                per-task gradients of ``loss_scale * L_i`` (no fp16 underflow) and unscale them.
+            losses: the step's :class:`~lit_mtl.StepContext`, or the T scalar task losses (a
+                (T,) tensor for loss-based methods), with the context's other fields as keywords
+                (``present``, ``representation``, ``task_representations``, ``heads``,
+                ``shared_parameters``, ``loss_scale``, ``recompute_losses``; see
+                :func:`~lit_mtl.step_context`).
         """
-        task_losses = list(losses) if not isinstance(losses, Tensor) else list(losses.unbind())
-        stacked = stack_losses(losses)
+        if isinstance(losses, StepContext):
+            if context:
+                raise TypeError(
+                    f"pass either a StepContext or keywords, not both: {sorted(context)}"
+                )
+            ctx = losses
+        else:
+            ctx = step_context(losses, **context)
         if self._num_tasks is None:
             raise RuntimeError(
                 f"{type(self).__name__} is not bound to tasks: pass num_tasks=... or give it to a "
                 "MultiTaskModule"
             )
-        if stacked.shape[0] != self._num_tasks:
+        if ctx.num_tasks != self._num_tasks:
             raise ValueError(
-                f"{type(self).__name__} expects {self._num_tasks} task losses, got "
-                f"{stacked.shape[0]}"
+                f"{type(self).__name__} expects {self._num_tasks} task losses, got {ctx.num_tasks}"
             )
-        if present is None:
-            present = torch.ones(self._num_tasks, dtype=torch.bool, device=stacked.device)
-        else:
-            present = present.to(device=stacked.device, dtype=torch.bool).reshape(-1)
-            if present.shape[0] != self._num_tasks:
-                raise ValueError(
-                    f"present has {present.shape[0]} entries, expected {self._num_tasks}"
-                )
-        return self.combine(
-            stacked,
-            task_losses=task_losses,
-            present=present,
-            representation=representation,
-            shared_params=shared_params,
-            loss_scale=loss_scale,
-            task_representations=task_representations,
-        )
+        if torch.is_grad_enabled():
+            self._last_recompute = ctx.recompute_losses
+            self._last_shared = ctx.shared_parameters
+            _ensure_hook()
+            _PENDING.add(self)
+        return self.combine(ctx)
 
-    def combine(
-        self,
-        losses: Tensor,
-        *,
-        task_losses: Sequence[Tensor],
-        present: Tensor,
-        representation: Tensor | None,
-        shared_params: Sequence[Tensor] | None,
-        loss_scale: Tensor | float | None,
-        task_representations: Sequence[Tensor] | None = None,
-    ) -> Tensor:
+    def combine(self, ctx: StepContext) -> Tensor:
         """Return the scalar to backpropagate; set :attr:`last_weights`. Implemented by methods."""
         raise NotImplementedError
 
@@ -254,18 +244,46 @@ class Weighting(nn.Module):
             return []
         return [{"params": params, "weight_decay": 0.0, "name": "weighting"}]
 
-    def on_optimizer_step(
-        self, recompute_losses: Callable[[], tuple[Tensor, Tensor]] | None = None
-    ) -> None:
-        """Called once per optimizer step (after accumulation), for methods with own updates.
+    def _owned_by(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Whether ``optimizer`` trains the model this weighting serves (any optimizer when the
+        weighting knows none of the model's parameters)."""
+        known = self._owner_params + (self._last_shared or ())
+        if not known:
+            return True
+        cached = self._owned_cache.get(optimizer)
+        if cached is None:
+            ids = {id(p) for p in known}  # identities of this process's objects (not pickled)
+            cached = any(id(p) in ids for g in optimizer.param_groups for p in g["params"])
+            self._owned_cache[optimizer] = cached
+        return cached
 
-        ``recompute_losses`` (given when :attr:`needs_losses_after_step`) returns the (T,) task
-        losses of the last batch under the updated parameters.
-        """
+    def on_optimizer_step(self) -> None:
+        """Run :meth:`update` if a training forward happened since the last update (called by
+        the optimizer post-step hook; calling it again in the same step does nothing)."""
+        if self not in _PENDING:
+            return
+        _PENDING.discard(self)
+        self.update()
+        self._last_recompute = None
+
+    def update(self) -> None:
+        """The method's own update, once per optimizer step (after accumulation)."""
 
     def on_train_epoch_start(self) -> None:
         """Called at the start of every training epoch (e.g. DWA closes the previous epoch here,
         so that the epoch's losses, saved in a checkpoint, are never lost on resume)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling (``ddp_spawn``, deep copies) drops the per-step transients and caches."""
+        state = super().__getstate__()
+        state["_owned_cache"] = None
+        state["_last_recompute"] = None
+        state["_last_shared"] = None
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._owned_cache = weakref.WeakKeyDictionary()
 
     def extra_repr(self) -> str:
         return f"num_tasks={self._num_tasks}"

@@ -6,12 +6,12 @@ import numpy as np
 import torch
 
 from lit_mtl.functional.aggregation import cagrad_solve
-from lit_mtl.weighting.gradient import GradientWeighting
+from lit_mtl.weighting.gramian import GramianWeighting
 
 __all__ = ["CAGrad"]
 
 
-class CAGrad(GradientWeighting):
+class CAGrad(GramianWeighting):
     """Conflict-averse gradient descent, Liu et al. 2021 (https://arxiv.org/abs/2110.14048).
 
     d = g0 + (sqrt(phi) / ||g_w||) g_w with g0 = mean_i g_i, phi = c^2 ||g0||^2 and
@@ -29,23 +29,26 @@ class CAGrad(GradientWeighting):
     identically).
     """
 
+    default_target = "shared"
+
     def __init__(
         self,
         num_tasks: int | None = None,
         c: float = 0.4,
         rescale: int = 1,
-        target: str = "shared",
+        target: str | None = None,
+        chunk_size: int | None = None,
     ) -> None:
         if c < 0:
             raise ValueError(f"CAGrad: c must be >= 0, got {c}")
         if rescale not in (0, 1, 2):
             raise ValueError(f"CAGrad: rescale must be 0, 1 or 2, got {rescale}")
-        super().__init__(num_tasks=num_tasks, target=target)
+        super().__init__(num_tasks=num_tasks, target=target, chunk_size=chunk_size)
         self.c = float(c)
         self.rescale = int(rescale)
 
     def _build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
-        self.register_buffer("inner_w", torch.zeros(num_tasks, dtype=torch.float64))
+        self.add_state("inner_w", torch.zeros(num_tasks, dtype=torch.float64))
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
         t = gramian.shape[0]

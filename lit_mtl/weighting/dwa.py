@@ -7,16 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from lit_mtl.functional.distributed import all_reduce_sum
+from lit_mtl.engines.context import StepContext
+from lit_mtl.functional.loss_weighting import dwa_weights
 from lit_mtl.weighting.base import Weighting
 
 __all__ = ["DWA", "dwa_weights"]
-
-
-def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -> Tensor:
-    """lambda_k = T softmax_k(r_k / Temp), r_k = L_k(t-1) / L_k(t-2) (epoch-average losses)."""
-    ratio = previous / before_previous
-    return previous.numel() * torch.softmax(ratio / temperature, dim=0)
 
 
 class DWA(Weighting):
@@ -43,13 +38,15 @@ class DWA(Weighting):
         super().__init__(num_tasks=num_tasks)
 
     def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
-        self.register_buffer("epoch_sum", torch.zeros(num_tasks, dtype=torch.float64))
-        self.register_buffer("epoch_count", torch.zeros(num_tasks, dtype=torch.float64))
-        self.register_buffer("history", torch.full((2, num_tasks), float("nan")))
-        self.register_buffer("epochs_closed", torch.zeros((), dtype=torch.long))
-        self.register_buffer("weights", torch.ones(num_tasks))
+        # this epoch's per-rank sums (summed over ranks when the epoch is closed)
+        self.add_state("epoch_sum", torch.zeros(num_tasks, dtype=torch.float64), reduction="sum")
+        self.add_state("epoch_count", torch.zeros(num_tasks, dtype=torch.float64), reduction="sum")
+        self.add_state("history", torch.full((2, num_tasks), float("nan")))
+        self.add_state("epochs_closed", torch.zeros((), dtype=torch.long))
+        self.add_state("weights", torch.ones(num_tasks))
 
-    def combine(self, losses: Tensor, *, present: Tensor, **_: object) -> Tensor:
+    def combine(self, ctx: StepContext) -> Tensor:
+        losses, present = ctx.stacked, ctx.present
         with torch.no_grad():
             self.epoch_sum += (losses.detach() * present).to(torch.float64)
             self.epoch_count += present.to(torch.float64)
@@ -57,16 +54,15 @@ class DWA(Weighting):
 
     @torch.no_grad()
     def on_train_epoch_start(self) -> None:
-        count = all_reduce_sum(self.epoch_count)
+        reduced = self.reduced_state("epoch_sum", "epoch_count")
+        count, total = reduced["epoch_count"], reduced["epoch_sum"]
         if float(count.sum()) == 0:
             return
-        total = all_reduce_sum(self.epoch_sum)
         average = torch.where(count > 0, total / count.clamp(min=1), self.history[1].double())
         self.history[0] = self.history[1]
         self.history[1] = average.to(self.history.dtype)
         self.epochs_closed += 1
-        self.epoch_sum.zero_()
-        self.epoch_count.zero_()
+        self.reset_state("epoch_sum", "epoch_count")
         if int(self.epochs_closed) >= 2 and bool(torch.isfinite(self.history).all()):
             self.weights.copy_(dwa_weights(self.history[1], self.history[0], self.temperature))
 

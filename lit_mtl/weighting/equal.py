@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from lit_mtl.engines.context import StepContext
 from lit_mtl.weighting.base import Weighting
 
 __all__ = ["EqualWeighting", "StaticWeighting"]
@@ -19,8 +20,8 @@ class EqualWeighting(Weighting):
     DDP: stateless, identical on every rank.
     """
 
-    def combine(self, losses: Tensor, *, present: Tensor, **_: object) -> Tensor:
-        return self._weighted_sum(torch.ones_like(losses), losses, present)
+    def combine(self, ctx: StepContext) -> Tensor:
+        return self._weighted_sum(torch.ones_like(ctx.stacked), ctx.stacked, ctx.present)
 
 
 class StaticWeighting(Weighting):
@@ -37,10 +38,10 @@ class StaticWeighting(Weighting):
         if any(w < 0 or w != w for w in values):
             raise ValueError(f"StaticWeighting: weights must be finite and >= 0, got {values}")
         super().__init__(num_tasks=len(values))
-        self.register_buffer("weights", torch.tensor(values, dtype=torch.float32))
+        self.add_state("weights", torch.tensor(values, dtype=torch.float32))
 
-    def combine(self, losses: Tensor, *, present: Tensor, **_: object) -> Tensor:
-        return self._weighted_sum(self.weights, losses, present)
+    def combine(self, ctx: StepContext) -> Tensor:
+        return self._weighted_sum(self.weights, ctx.stacked, ctx.present)
 
     def extra_repr(self) -> str:
         return f"weights={self.weights.tolist()}"

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 from lit_mtl.functional.aggregation import imtl_g_coefficients
-from lit_mtl.weighting.gradient import GradientWeighting
+from lit_mtl.weighting.gramian import GramianWeighting
 
 __all__ = ["IMTLG"]
 
 
-class IMTLG(GradientWeighting):
+class IMTLG(GramianWeighting):
     """IMTL-G, Liu et al. 2021 (https://openreview.net/forum?id=IMPnRXEWpvr).
 
     Finds d = sum_i a_i g_i with sum_i a_i = 1 whose projections d . u_i onto every unit task
@@ -24,8 +24,7 @@ class IMTLG(GradientWeighting):
     Scale-invariant.
     """
 
-    def __init__(self, num_tasks: int | None = None, target: str = "representation") -> None:
-        super().__init__(num_tasks=num_tasks, target=target)
+    default_target = "representation"
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
         return imtl_g_coefficients(gramian)

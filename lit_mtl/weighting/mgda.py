@@ -7,14 +7,14 @@ from typing import Literal
 import numpy as np
 
 from lit_mtl.functional.aggregation import min_norm_coefficients
-from lit_mtl.weighting.gradient import GradientWeighting
+from lit_mtl.weighting.gramian import GramianWeighting
 
 __all__ = ["MGDA", "MGDAUB"]
 
 Normalization = Literal["none", "l2", "loss", "loss+"]
 
 
-class MGDA(GradientWeighting):
+class MGDA(GramianWeighting):
     """Multiple-gradient descent, Sener & Koltun 2018 (https://arxiv.org/abs/1810.04650).
 
     c = argmin_{c in simplex} || sum_i c_i g_i ||^2 (Frank-Wolfe in the paper; solved exactly here
@@ -29,20 +29,23 @@ class MGDA(GradientWeighting):
             (n_i = L_i), ``"loss+"`` (n_i = L_i ||g_i||). As in their code the solution is then
             applied to the unnormalised losses.
 
-    Scale-invariant; DDP and cost as in :class:`~lit_mtl.weighting.gradient.GradientWeighting`.
+    Scale-invariant; DDP and cost as in :class:`~lit_mtl.weighting.gramian.GramianWeighting`.
     """
+
+    default_target = "shared"
 
     def __init__(
         self,
         num_tasks: int | None = None,
-        target: str = "shared",
+        target: str | None = None,
         normalization: Normalization = "none",
+        chunk_size: int | None = None,
     ) -> None:
         if normalization not in ("none", "l2", "loss", "loss+"):
             raise ValueError(
                 f"normalization must be 'none', 'l2', 'loss' or 'loss+', got {normalization!r}"
             )
-        super().__init__(num_tasks=num_tasks, target=target)
+        super().__init__(num_tasks=num_tasks, target=target, chunk_size=chunk_size)
         self.normalization = normalization
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
@@ -62,5 +65,10 @@ class MGDAUB(MGDA):
     """MGDA-UB (Sener & Koltun 2018): MGDA on the gradients w.r.t. the shared representation z,
     an upper bound that needs only one backward through the encoder."""
 
-    def __init__(self, num_tasks: int | None = None, normalization: Normalization = "none") -> None:
-        super().__init__(num_tasks=num_tasks, target="representation", normalization=normalization)
+    def __init__(
+        self,
+        num_tasks: int | None = None,
+        normalization: Normalization = "none",
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(num_tasks, "representation", normalization, chunk_size)

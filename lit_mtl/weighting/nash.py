@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from lit_mtl.engines.context import StepContext
 from lit_mtl.functional.aggregation import nash_mtl_coefficients
-from lit_mtl.weighting.gradient import GradientWeighting
+from lit_mtl.weighting.gramian import GramianWeighting
 
 __all__ = ["NashMTL"]
 
 
-class NashMTL(GradientWeighting):
+class NashMTL(GramianWeighting):
     """Nash-MTL, Navon et al. 2022 (https://arxiv.org/abs/2202.01017).
 
     The Nash bargaining solution d = sum_i alpha_i g_i with alpha > 0 solving G alpha = 1 / alpha
@@ -29,51 +31,36 @@ class NashMTL(GradientWeighting):
     State: the last alpha and the step counter (checkpointed).
     """
 
+    default_target = "shared"
+
     def __init__(
         self,
         num_tasks: int | None = None,
-        target: str = "shared",
+        target: str | None = None,
         normalize_gramian: bool = True,
         update_weights_every: int = 1,
+        chunk_size: int | None = None,
     ) -> None:
         if update_weights_every < 1:
             raise ValueError(f"update_weights_every must be >= 1, got {update_weights_every}")
-        super().__init__(num_tasks=num_tasks, target=target)
+        super().__init__(num_tasks=num_tasks, target=target, chunk_size=chunk_size)
         self.normalize_gramian = bool(normalize_gramian)
         self.update_weights_every = int(update_weights_every)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.add_state("step", torch.zeros((), dtype=torch.long))
 
     def _build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
-        self.register_buffer("alpha", torch.zeros(num_tasks, dtype=torch.float64))
+        self.add_state("alpha", torch.zeros(num_tasks, dtype=torch.float64))
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
         return nash_mtl_coefficients(gramian, normalize=self.normalize_gramian)
 
-    def combine(
-        self,
-        losses,
-        *,
-        task_losses,
-        present,
-        representation,
-        shared_params,
-        loss_scale,
-        task_representations=None,
-    ):  # type: ignore[no-untyped-def]
+    def combine(self, ctx: StepContext) -> Tensor:
         reuse = int(self.step) % self.update_weights_every != 0 and bool((self.alpha > 0).any())
         if reuse:
-            return self._weighted_sum(self.alpha.to(losses.dtype), losses, present)
-        out = super().combine(
-            losses,
-            task_losses=task_losses,
-            present=present,
-            representation=representation,
-            shared_params=shared_params,
-            loss_scale=loss_scale,
-            task_representations=task_representations,
-        )
+            return self._weighted_sum(self.alpha.to(ctx.stacked.dtype), ctx.stacked, ctx.present)
+        out = super().combine(ctx)
         self.alpha.copy_(self.last_weights.to(torch.float64))
         return out
 
-    def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]
+    def update(self) -> None:
         self.step += 1

@@ -6,12 +6,12 @@ import numpy as np
 import torch
 
 from lit_mtl.functional.aggregation import pcgrad_coefficients
-from lit_mtl.weighting.gradient import GradientWeighting
+from lit_mtl.weighting.gramian import GramianWeighting
 
 __all__ = ["PCGrad"]
 
 
-class PCGrad(GradientWeighting):
+class PCGrad(GramianWeighting):
     """Gradient surgery, Yu et al. 2020 (https://arxiv.org/abs/2001.06782).
 
     For each task i, g_i' = g_i, then for j in a random order over the other tasks:
@@ -26,10 +26,18 @@ class PCGrad(GradientWeighting):
     Scale-invariant. State: the step counter (checkpointed).
     """
 
-    def __init__(self, num_tasks: int | None = None, target: str = "shared", seed: int = 0) -> None:
-        super().__init__(num_tasks=num_tasks, target=target)
+    default_target = "shared"
+
+    def __init__(
+        self,
+        num_tasks: int | None = None,
+        target: str | None = None,
+        seed: int = 0,
+        chunk_size: int | None = None,
+    ) -> None:
+        super().__init__(num_tasks=num_tasks, target=target, chunk_size=chunk_size)
         self.seed = int(seed)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.add_state("step", torch.zeros((), dtype=torch.long))
 
     def orders(self, num_tasks: int) -> np.ndarray:
         if num_tasks <= 2:  # at most one other task: its order cannot matter, no draw needed
@@ -40,5 +48,5 @@ class PCGrad(GradientWeighting):
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:
         return pcgrad_coefficients(gramian, self.orders(gramian.shape[0]))
 
-    def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]
+    def update(self) -> None:
         self.step += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lit_mtl.engines.context import StepContext
 from lit_mtl.weighting.base import Weighting
 
 __all__ = ["RLW"]
@@ -28,14 +29,14 @@ class RLW(Weighting):
     def __init__(self, num_tasks: int | None = None, seed: int = 0) -> None:
         super().__init__(num_tasks=num_tasks)
         self.seed = int(seed)
-        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.add_state("step", torch.zeros((), dtype=torch.long))
 
     def sample(self) -> Tensor:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.step))
         return torch.softmax(torch.randn(self.num_tasks, generator=gen), dim=0)
 
-    def combine(self, losses: Tensor, *, present: Tensor, **_: object) -> Tensor:
-        return self._weighted_sum(self.sample().to(losses.device), losses, present)
+    def combine(self, ctx: StepContext) -> Tensor:
+        return self._weighted_sum(self.sample().to(ctx.stacked.device), ctx.stacked, ctx.present)
 
-    def on_optimizer_step(self, recompute_losses=None) -> None:  # type: ignore[no-untyped-def]
+    def update(self) -> None:
         self.step += 1

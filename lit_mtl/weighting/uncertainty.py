@@ -7,23 +7,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_mtl.engines.context import StepContext
+from lit_mtl.functional.loss_weighting import uncertainty_weighted_terms, uncertainty_weights
 from lit_mtl.weighting.base import Weighting
 
 __all__ = ["UncertaintyWeighting", "uncertainty_weighted_terms", "uncertainty_weights"]
-
-
-def uncertainty_weights(log_vars: Tensor, is_regression: Tensor) -> Tensor:
-    """The effective task weights: 0.5 exp(-s_i) (regression), exp(-s_i) (classification)."""
-    return torch.where(is_regression, 0.5, 1.0) * torch.exp(-log_vars)
-
-
-def uncertainty_weighted_terms(losses: Tensor, log_vars: Tensor, is_regression: Tensor) -> Tensor:
-    """Per-task terms of Kendall et al.'s objective, with s_i = log sigma_i^2.
-
-    regression:      0.5 * exp(-s_i) * L_i + 0.5 * s_i
-    classification:        exp(-s_i) * L_i + 0.5 * s_i
-    """
-    return uncertainty_weights(log_vars, is_regression) * losses + 0.5 * log_vars
 
 
 class UncertaintyWeighting(Weighting):
@@ -85,12 +73,13 @@ class UncertaintyWeighting(Weighting):
 
     def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
         self.log_vars = nn.Parameter(torch.full((num_tasks,), self.init_log_var))
-        self.register_buffer(
+        self.add_state(
             "is_regression",
             torch.tensor([k == "regression" for k in task_kinds], dtype=torch.bool),
         )
 
-    def combine(self, losses: Tensor, *, present: Tensor, **_: object) -> Tensor:
+    def combine(self, ctx: StepContext) -> Tensor:
+        losses, present = ctx.stacked, ctx.present
         log_vars = self.log_vars.to(losses.dtype)
         weights = uncertainty_weights(log_vars, self.is_regression)
         self.last_weights = (weights * present).detach()

@@ -1,0 +1,154 @@
+"""The per-task Jacobian an engine hands a rule, and how the combined direction is applied.
+
+An engine computes J (one row per task: the task's gradient w.r.t. the target) as column blocks
+``J = [J_1 | J_2 | ...]`` (one (T, P_k) block per target tensor, no (T, P) copy). A rule reads
+the Gramian ``G = J J^T`` (or its diagonal, the squared norms) and returns coefficients c; the
+engine then applies ``sum_i c_i g_i`` with ONE graph node (:class:`_InjectGradients`) when the
+heads' gradients were taken with J, or by the ordinary backward of ``sum_i c_i L_i`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lit_mtl.engines.distributed import all_reduce_mean, all_reduce_sum, world_size
+
+__all__ = ["Injection", "TaskJacobian", "inject_gradients"]
+
+
+class _InjectGradients(torch.autograd.Function):
+    """``value`` (a constant) as a graph node whose backward hands every input its precomputed
+    gradient (times the incoming gradient): one node instead of a multiply and a sum per
+    tensor."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor, num_inputs: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.num_inputs = num_inputs
+        ctx.grads = tensors[num_inputs:]
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[no-untyped-def, override]
+        grads = list(ctx.grads)
+        ctx.grads = ()
+        if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
+            grads = torch._foreach_mul(grads, grad_output)  # e.g. 1 / accumulation steps
+        return (None, None, *grads, *([None] * ctx.num_inputs))
+
+
+def inject_gradients(value: Tensor, inputs: Sequence[Tensor], grads: Sequence[Tensor]) -> Tensor:
+    """A scalar equal to ``value`` whose backward adds ``grads[k]`` (times the incoming gradient)
+    to ``inputs[k]``."""
+    return _InjectGradients.apply(value.detach(), len(inputs), *inputs, *grads)
+
+
+@dataclass
+class Injection:
+    """What lets an engine apply ``sum_i c_i g_i`` without differentiating the heads again.
+
+    Attributes:
+        targets: the tensors that receive the combined gradient: ``[z]`` (shared representation),
+            the T per-task representations, or the shared parameters.
+        per_task: for each target, the stacked (T, *target.shape) per-task gradients (shared z,
+            parameters: the target receives ``sum_i c_i per_task[i]``), or None for per-task
+            representations (target i receives ``c_i * rows[i]``, see ``rows``).
+        rows: the (T, *z_i.shape) gradients of per-task representations.
+        head_parameters / head_gradients: each head's parameters and its task's gradients of them.
+    """
+
+    targets: list[Tensor]
+    per_task: list[Tensor] | None
+    rows: Tensor | None
+    head_parameters: Sequence[Sequence[Tensor]]
+    head_gradients: list[list[Tensor | None]]
+
+
+@dataclass
+class TaskJacobian:
+    """The T task gradients of one step, as a rule consumes them.
+
+    Attributes:
+        blocks: J's column blocks, float32, (T, P_k) each (empty when only the Gramian was kept,
+            e.g. in chunked mode).
+        reduction: across DDP ranks: ``"sum"`` of the Gramians (representations: each rank holds
+            other samples) or ``"mean"`` of J (parameters: the global gradient is the rank mean).
+        gramian_value: the Gramian when it was formed chunk by chunk.
+        injection: see :class:`Injection`; None when the direction is applied by the ordinary
+            backward of ``sum_i c_i L_i``.
+    """
+
+    blocks: list[Tensor]
+    reduction: Literal["sum", "mean"]
+    gramian_value: Tensor | None = None
+    injection: Injection | None = None
+    _reduced: list[Tensor] | None = field(default=None, repr=False)
+
+    def reduced_blocks(self) -> list[Tensor]:
+        """J's blocks made identical across ranks ("mean": one all-reduce of the concatenated J)."""
+        if self._reduced is None:
+            if self.reduction == "mean" and world_size() > 1 and self.blocks:
+                self._reduced = [all_reduce_mean(torch.cat(self.blocks, dim=1))]
+            else:
+                self._reduced = self.blocks
+        return self._reduced
+
+    def gramian(self) -> Tensor:
+        """(T, T) float32 G = J J^T, identical on every rank (also under autocast)."""
+        if self.gramian_value is not None:
+            gramian = self.gramian_value
+        else:
+            blocks = self.reduced_blocks()
+            with torch.autocast(blocks[0].device.type, enabled=False):
+                gramian = blocks[0] @ blocks[0].T
+                for block in blocks[1:]:
+                    gramian = gramian.addmm_(block, block.T)
+        return all_reduce_sum(gramian) if self.reduction == "sum" else gramian
+
+    def apply(self, weights: Tensor, value: Tensor) -> Tensor:
+        """The scalar to backpropagate for coefficients c = ``weights`` (T,): its value is
+        ``value`` (= sum_i c_i L_i, with its graph) and its gradient that of sum_i c_i L_i.
+
+        With an :class:`Injection` the returned scalar's graph is one node that hands the
+        targets ``sum_i c_i g_i`` and each head ``c_i`` times its gradient (detached factors):
+        the same gradients, without differentiating the heads a second time.
+        """
+        injection, self.injection = self.injection, None
+        if injection is None:
+            return value
+        w = weights.detach().float()
+        inputs: list[Tensor] = []
+        grads: list[Tensor] = []
+        with torch.autocast(w.device.type, enabled=False):  # float32 sums, also under AMP
+            if injection.per_task is not None:
+                for target, stack in zip(injection.targets, injection.per_task, strict=True):
+                    combined = torch.tensordot(w, stack.reshape(stack.shape[0], -1).float(), 1)
+                    inputs.append(target)
+                    grads.append(combined.view_as(target).to(target.dtype).detach())
+            else:
+                assert injection.rows is not None
+                for i, target in enumerate(injection.targets):
+                    inputs.append(target)
+                    grads.append((injection.rows[i] * w[i]).to(target.dtype).detach())
+        head_inputs: list[Tensor] = []
+        head_grads: list[Tensor] = []
+        scales: list[float] = []
+        w_list = w.tolist()
+        for i, task_grads in enumerate(injection.head_gradients):
+            for p, g in zip(injection.head_parameters[i], task_grads, strict=True):
+                if g is not None:
+                    head_inputs.append(p)
+                    head_grads.append(g.to(p.dtype).detach())
+                    scales.append(w_list[i])
+        if head_inputs:
+            if all(g.is_contiguous() for g in head_grads):  # our own gradient tensors
+                torch._foreach_mul_(head_grads, scales)
+            else:  # e.g. an expanded gradient: not writable in place
+                head_grads = list(torch._foreach_mul(head_grads, scales))
+            inputs += head_inputs
+            grads += head_grads
+        return inject_gradients(value, inputs, grads)
