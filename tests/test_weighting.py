@@ -484,8 +484,10 @@ def test_task_views_backward_sums_and_hands_every_task_gradient_to_a_listener() 
     sum(losses).backward()
     torch.testing.assert_close(u.grad, torch.full((4, 3), 6.0))  # 1 + 2 + 3
     assert len(received) == 1 and [float(g[0, 0]) for g in received[0]] == [1.0, 2.0, 3.0]
+    modified = task_views(u * 1.0, 2)
+    modified[0].add_(1.0)  # a head that writes into its input: caught by the backward
     with pytest.raises(RuntimeError, match="inplace"):
-        task_views(u * 1.0, 2)[0].add_(1.0)
+        (modified[0] + modified[1]).sum().backward()
     frozen = torch.ones(2, 2)
     assert all(v is frozen for v in task_views(frozen, 2))
     with pytest.raises(ValueError, match="num_tasks"):

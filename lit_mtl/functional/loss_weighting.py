@@ -1,15 +1,27 @@
-"""Pure rules of the methods that weight losses (or gradient norms): tensors in, tensors out.
+"""Pure rules of the methods that weight losses (or gradient norms): arrays in, arrays out.
 
-No state and no device round-trips: each rule takes (T,) tensors and an optional (T,) bool
-``mask`` of the tasks that take part (the others get weight / gradient 0).
+No state and no device round-trips: each rule takes (T,) arrays and an optional (T,) bool ``mask``
+of the tasks that take part (the others get weight / gradient 0). The per-step rules of GradNorm
+and FAMO accept torch tensors (on any device) or numpy arrays alike (:func:`array_namespace`): a
+weighting runs them on its own state's memory, with numpy where that memory is the CPU's (a few
+microseconds for T numbers, against tens for torch's per-op dispatch) and with torch on an
+accelerator (no copy to the host).
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
+import numpy as np
 import torch
 from torch import Tensor
 
+#: a torch tensor or a numpy array (the rules below accept either)
+Array = Any
+
 __all__ = [
+    "array_namespace",
     "db_mtl_ema",
     "db_mtl_scales",
     "dwa_weights",
@@ -21,8 +33,22 @@ __all__ = [
 ]
 
 
-def _all(values: Tensor, mask: Tensor | None) -> Tensor:
-    return torch.ones_like(values, dtype=torch.bool) if mask is None else mask.bool()
+def array_namespace(x: Array) -> ModuleType:
+    """``numpy`` for a numpy array, ``torch`` for a tensor: the module whose functions the rules
+    call (``where``, ``sign``, ``exp``, ``log``, ``sqrt`` exist in both)."""
+    return np if isinstance(x, np.ndarray | np.generic) else torch
+
+
+def _all(values: Array, mask: Array | None) -> Array:
+    if mask is not None:
+        return mask
+    xp = array_namespace(values)
+    return xp.ones_like(values, dtype=bool if xp is np else torch.bool)
+
+
+def _positive(x: Array, floor: float) -> Array:
+    """max(x, floor) for an array or a 0-d array."""
+    return array_namespace(x).where(x > floor, x, floor)
 
 
 def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -> Tensor:
@@ -50,13 +76,13 @@ def uncertainty_weighted_terms(losses: Tensor, log_vars: Tensor, is_regression: 
 
 
 def gradnorm_weight_gradient(
-    weights: Tensor,
-    grad_norms: Tensor,
-    losses: Tensor,
-    initial_losses: Tensor,
+    weights: Array,
+    grad_norms: Array,
+    losses: Array,
+    initial_losses: Array,
     alpha: float,
-    mask: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
+    mask: Array | None = None,
+) -> tuple[Array, Array]:
     """GradNorm (Chen et al. 2018): d L_grad / d w and L_grad over the tasks in ``mask``.
 
     G_i = w_i ||grad_W L_i||, G_bar = mean_i G_i, Ltilde_i = L_i / L_i(0),
@@ -68,26 +94,28 @@ def gradnorm_weight_gradient(
     >>> grad.tolist(), l_grad.item()
     ([-1.0, 3.0], 2.0)
     """
+    xp = array_namespace(weights)
     keep = _all(weights, mask)
-    count = keep.sum().clamp(min=1)
-    norms = torch.where(keep, grad_norms, 0.0)
+    count = _positive(keep.sum(), 1)
+    norms = xp.where(keep, grad_norms, 0.0)
     g = weights * norms
-    ratios = torch.where(keep, losses / torch.where(keep, initial_losses, 1.0), 0.0)
+    ratios = xp.where(keep, losses / xp.where(keep, initial_losses, 1.0), 0.0)
     mean_ratio = ratios.sum() / count
     g_bar = g.sum() / count
-    target = g_bar * (ratios / mean_ratio) ** alpha
-    diffs = torch.where(keep, g - target, 0.0)
-    return torch.sign(diffs) * norms, diffs.abs().sum()
+    diffs = xp.where(keep, g - g_bar * (ratios / mean_ratio) ** alpha, 0.0)
+    return xp.sign(diffs) * norms, xp.abs(diffs).sum()
 
 
-def _masked_softmax(logits: Tensor, keep: Tensor) -> Tensor:
-    z = torch.softmax(logits.masked_fill(~keep, float("-inf")), dim=0)
-    return torch.where(keep, z, 0.0)
+def _masked_softmax(logits: Array, keep: Array) -> Array:
+    xp = array_namespace(logits)
+    top = xp.where(keep, logits, logits.min()).max()
+    e = xp.where(keep, xp.exp(xp.where(keep, logits, top) - top), 0.0)
+    return e / _positive(e.sum(), 1e-30)
 
 
 def famo_weights(
-    logits: Tensor, losses: Tensor, min_losses: Tensor, mask: Tensor | None = None
-) -> Tensor:
+    logits: Array, losses: Array, min_losses: Array, mask: Array | None = None
+) -> Array:
     """FAMO (Liu et al. 2023): w_i = c z_i / l_i, z = softmax(xi), l = L - L_min + 1e-8,
     c = 1 / sum_j z_j / l_j (the weights of the tasks in ``mask`` sum to 1).
 
@@ -96,26 +124,31 @@ def famo_weights(
     >>> famo_weights(torch.zeros(2), torch.tensor([1.0, 3.0]), torch.zeros(2)).tolist()
     [0.75, 0.25]
     """
+    xp = array_namespace(logits)
     keep = _all(logits, mask)
     z = _masked_softmax(logits, keep)
-    raw = torch.where(keep, z / (losses - min_losses + 1e-8), 0.0)
-    return raw / raw.sum().clamp(min=torch.finfo(raw.dtype).tiny)
+    raw = xp.where(keep, z / (losses - min_losses + 1e-8), 0.0)
+    return raw / _positive(raw.sum(), 1e-30)
 
 
 def famo_logit_gradient(
-    logits: Tensor,
-    before: Tensor,
-    after: Tensor,
-    min_losses: Tensor,
-    mask: Tensor | None = None,
-) -> Tensor:
+    logits: Array,
+    before: Array,
+    after: Array,
+    min_losses: Array,
+    mask: Array | None = None,
+) -> Array:
     """FAMO's delta = J_softmax(xi)^T (log l - log l'), l before and l' after the model step."""
+    xp = array_namespace(logits)
     keep = _all(logits, mask)
     z = _masked_softmax(logits, keep)
-    d = torch.where(
-        keep, torch.log(before - min_losses + 1e-8) - torch.log(after - min_losses + 1e-8), 0.0
+    d = xp.where(
+        keep,
+        xp.log(_positive(before - min_losses, 0.0) + 1e-8)
+        - xp.log(_positive(after - min_losses, 0.0) + 1e-8),
+        0.0,
     )
-    return torch.where(keep, z * (d - (z * d).sum()), 0.0)
+    return xp.where(keep, z * (d - (z * d).sum()), 0.0)
 
 
 def db_mtl_ema(

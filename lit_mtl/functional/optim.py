@@ -1,31 +1,33 @@
 """A functional Adam step on T numbers, for weights learned outside the task loss.
 
 GradNorm's w and FAMO's logits are updated by their weighting with this step; the moments live in
-the weighting's declared state, so every checkpoint carries them. Tensor math on the device the
-state lives on: no host round-trip per step.
+the weighting's declared state, so every checkpoint carries them. Array math on the memory the
+state lives in (torch tensors on any device, or numpy arrays): no host round-trip per step.
 """
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import Any
+
+Array = Any  # a torch tensor or a numpy array
 
 __all__ = ["adam_step"]
 
 
 def adam_step(
-    param: Tensor,
-    grad: Tensor,
-    exp_avg: Tensor,
-    exp_avg_sq: Tensor,
-    step: Tensor | int,
+    param: Array,
+    grad: Array,
+    exp_avg: Array,
+    exp_avg_sq: Array,
+    step: Array | int,
     lr: float,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
     weight_decay: float = 0.0,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Array, Array, Array]:
     """One Adam step (Kingma & Ba) with L2 weight decay as in ``torch.optim.Adam``.
 
-    ``step`` is the step's number (1 for the first step; a tensor keeps it on the device).
+    ``step`` is the step's number (1 for the first step; an array keeps it on the device).
     Returns the new (param, exp_avg, exp_avg_sq); the inputs are not modified.
 
     >>> import torch
@@ -41,5 +43,5 @@ def adam_step(
     exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad * grad
     bias1 = 1 - beta1**step
     bias2 = 1 - beta2**step
-    denom = (exp_avg_sq / bias2).sqrt() + eps
+    denom = (exp_avg_sq / bias2) ** 0.5 + eps
     return param - (lr / bias1) * exp_avg / denom, exp_avg, exp_avg_sq

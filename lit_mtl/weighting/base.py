@@ -28,6 +28,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -36,9 +37,28 @@ from torch.utils.hooks import RemovableHandle
 from lit_mtl.engines.context import StepContext, step_context
 from lit_mtl.engines.distributed import all_reduce_max, all_reduce_sum, world_size
 
-__all__ = ["Reduction", "Weighting"]
+__all__ = ["Reduction", "Weighting", "as_array_like", "widened"]
 
 Reduction = Literal["sum", "mean", "max"]
+
+_NUMPY_DTYPES = (torch.float32, torch.float64, torch.bool, torch.int64)
+
+
+def as_array_like(value: Tensor, like: Any, wide: bool = False) -> Any:
+    """``value`` (a tensor) as the same kind of array as ``like`` (a numpy array, or a tensor whose
+    device it moves to); a CPU tensor becomes a numpy view without a copy. ``wide``: as float64
+    (the small update rules compute in float64, as Python floats did)."""
+    if isinstance(like, np.ndarray):
+        out = value.detach().cpu().numpy()
+        return out.astype(np.float64) if wide else out
+    out = value.detach().to(like.device)
+    return out.double() if wide else out
+
+
+def widened(array: Any) -> Any:
+    """A float64 copy of a state array (numpy or torch) to compute on."""
+    return array.astype(np.float64) if isinstance(array, np.ndarray) else array.double()
+
 
 #: weightings that ran a training forward since their last post-step update
 _PENDING: weakref.WeakSet[Weighting] = weakref.WeakSet()
@@ -135,6 +155,20 @@ class Weighting(nn.Module):
             for name, t in zip(group, tensors, strict=True):
                 out[name] = packed[offset : offset + t.numel()].view_as(t).to(t.dtype)
                 offset += t.numel()
+        return out
+
+    def state_arrays(self, *names: str) -> dict[str, Any]:
+        """The named states as arrays to compute on in place: numpy views of the buffers' own
+        memory when it is the CPU's (small per-step math at numpy's per-op cost, no copy), the
+        buffers themselves otherwise (torch math on the device, no host copy). Write results
+        with ``array[...] = value``; :func:`as_array_like` brings inputs to the same kind."""
+        out: dict[str, Any] = {}
+        for name in names:
+            if name not in self._state_specs:
+                raise KeyError(f"{type(self).__name__} declares no state {name!r}")
+            buffer = getattr(self, name)
+            numpy_ok = buffer.device.type == "cpu" and buffer.dtype in _NUMPY_DTYPES
+            out[name] = buffer.detach().numpy() if numpy_ok else buffer
         return out
 
     def reset_state(self, *names: str) -> None:

@@ -9,9 +9,13 @@ from torch import Tensor
 
 from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.distributed import masked_mean_over_ranks
-from lit_mtl.functional.loss_weighting import famo_logit_gradient, famo_weights
+from lit_mtl.functional.loss_weighting import (
+    array_namespace,
+    famo_logit_gradient,
+    famo_weights,
+)
 from lit_mtl.functional.optim import adam_step
-from lit_mtl.weighting.base import Weighting
+from lit_mtl.weighting.base import Weighting, as_array_like, widened
 
 __all__ = ["FAMO", "famo_logit_gradient", "famo_weights"]
 
@@ -35,7 +39,8 @@ class FAMO(Weighting):
     :meth:`apply_losses_after_step` after the step. Under gradient accumulation the last
     micro-batch is the one recomputed. DDP: the losses before and after the step are averaged
     across ranks, so every rank applies the same update to xi. State (checkpointed): xi, its Adam
-    moments, the last losses. All on the device: no host copy per step.
+    moments, the last losses. The update runs on the state's own memory (numpy on the CPU, torch
+    on an accelerator): no host copy per step.
     """
 
     def __init__(
@@ -66,13 +71,16 @@ class FAMO(Weighting):
 
     def combine(self, ctx: StepContext) -> Tensor:
         mean_losses, present_all = ctx.rank_mean_losses
-        with torch.no_grad():
-            self.prev_losses.copy_(mean_losses)
-            self.prev_present.copy_(present_all)
-            weights = famo_weights(
-                self.logits.double(), mean_losses.double(), self.min_losses.double(), present_all
-            )
-        return self._weighted_sum(weights.to(ctx.stacked.dtype), ctx.stacked, present_all)
+        state = self.state_arrays("logits", "min_losses", "prev_losses", "prev_present")
+        losses = as_array_like(mean_losses, state["logits"], wide=True)
+        present = as_array_like(present_all, state["logits"])
+        state["prev_losses"][...] = losses
+        state["prev_present"][...] = present
+        weights = famo_weights(
+            widened(state["logits"]), losses, widened(state["min_losses"]), present
+        )
+        weights = torch.as_tensor(weights, device=ctx.stacked.device, dtype=ctx.stacked.dtype)
+        return self._weighted_sum(weights, ctx.stacked, present_all)
 
     def update(self) -> None:
         if self._last_recompute is None:
@@ -90,27 +98,34 @@ class FAMO(Weighting):
         if present is None:
             present = torch.ones_like(self.prev_present)
         after, present_all = masked_mean_over_ranks(losses_after.detach().float(), present.bool())
-        both = present_all.to(self.prev_present.device) & self.prev_present
-        usable = both.sum() >= 2  # a tensor: no host sync
-        logits = self.logits.double()
+        state = self.state_arrays(*self._UPDATE_STATE)
+        logits = state["logits"]
+        xp = array_namespace(logits)
+        after = as_array_like(after, logits, wide=True)
+        both = as_array_like(present_all, logits) & state["prev_present"]
+        usable = both.sum() >= 2  # no branch on it: on an accelerator nothing waits for the host
+        logits = widened(logits)
         grad = famo_logit_gradient(
-            logits,
-            self.prev_losses.double(),
-            after.to(logits.device).double(),
-            self.min_losses.double(),
-            both,
+            logits, widened(state["prev_losses"]), after, widened(state["min_losses"]), both
         )
-        step = self.adam_step + 1
+        step = widened(state["adam_step"]) + 1
         new_logits, exp_avg, exp_avg_sq = adam_step(
             logits,
             grad,
-            self.exp_avg.double(),
-            self.exp_avg_sq.double(),
-            step.double(),
+            widened(state["exp_avg"]),
+            widened(state["exp_avg_sq"]),
+            step,
             lr=self.lr,
             weight_decay=self.weight_decay,
         )
-        self.logits.copy_(torch.where(usable, new_logits, logits))
-        self.exp_avg.copy_(torch.where(usable, exp_avg, self.exp_avg.double()))
-        self.exp_avg_sq.copy_(torch.where(usable, exp_avg_sq, self.exp_avg_sq.double()))
-        self.adam_step.copy_(torch.where(usable, step, self.adam_step))
+        for name, value in (
+            ("logits", new_logits),
+            ("exp_avg", exp_avg),
+            ("exp_avg_sq", exp_avg_sq),
+            ("adam_step", step),
+        ):
+            state[name][...] = xp.where(usable, value, state[name])
+
+    #: the state of the logits' own update
+    _UPDATE_STATE = ("logits", "min_losses", "exp_avg", "exp_avg_sq", "adam_step")
+    _UPDATE_STATE += ("prev_losses", "prev_present")

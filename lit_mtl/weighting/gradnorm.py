@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.layer_norms import LayerNormEngine, PendingNorms
-from lit_mtl.functional.loss_weighting import gradnorm_weight_gradient
+from lit_mtl.functional.loss_weighting import array_namespace, gradnorm_weight_gradient
 from lit_mtl.functional.optim import adam_step
-from lit_mtl.weighting.base import Weighting
+from lit_mtl.weighting.base import Weighting, as_array_like, widened
 
 __all__ = ["GradNorm", "gradnorm_weight_gradient"]
 
@@ -42,7 +42,8 @@ class GradNorm(Weighting):
     per optimizer step. DDP: the gradient norms come from rank-reduced gradients and the losses are
     averaged across ranks, so every rank computes the same update and w stays identical.
     State (all checkpointed): w, L(0), w's Adam moments and the pending gradient; the update is
-    tensor math on the state's device (no host copy). Cost: with the fast path ONE ordinary
+    array math on the state's own memory (numpy on the CPU,
+    torch on an accelerator: no host copy). Cost: with the fast path ONE ordinary
     backward plus one matrix product (T N D E multiply-adds: the method's intrinsic cost).
     """
 
@@ -113,51 +114,69 @@ class GradNorm(Weighting):
         self._pending.append((norms, mean_losses.detach(), present_all))
         return out
 
-    @torch.no_grad()
-    def _accumulate(self, squared: Tensor, losses: Tensor, present: Tensor) -> None:
+    #: the state of w's own update
+    _UPDATE_STATE = (
+        "w",
+        "initial_losses",
+        "exp_avg",
+        "exp_avg_sq",
+        "adam_step",
+        "pending_grad",
+        "pending_count",
+        "last_grad_loss",
+    )
+
+    def _accumulate(
+        self, state: dict[str, Any], squared: Tensor, losses: Tensor, present: Tensor
+    ) -> None:
         """Add dL_grad/dw of one micro-batch (its rank-reduced squared norms, mean losses and
-        presence, all (T,)) to the pending gradient: tensor math, no host sync."""
-        squared, losses = squared.double().to(self.w.device), losses.double().to(self.w.device)
-        present = present.to(self.w.device)
-        initial = self.initial_losses.double()
-        initial = torch.where(initial.isnan() & present, losses, initial)  # L_i(0): first step
-        self.initial_losses.copy_(initial)
-        norms = squared.clamp(min=0).sqrt()  # ||grad_W L_i||
-        usable = present & (initial > 0) & norms.isfinite()
+        presence, all (T,)) to the pending gradient, on ``state`` (:meth:`state_arrays`)."""
+        xp = array_namespace(state["w"])
+        squared, losses = (as_array_like(v, state["w"], wide=True) for v in (squared, losses))
+        present = as_array_like(present, state["w"])
+        initial = widened(state["initial_losses"])
+        initial = xp.where(xp.isnan(initial) & present, losses, initial)  # L_i(0)
+        state["initial_losses"][...] = initial
+        norms = xp.where(squared > 0, squared, 0.0) ** 0.5  # ||grad_W L_i||
+        usable = present & (initial > 0) & xp.isfinite(norms)
         enough = usable.sum() >= 2
         grad, l_grad = gradnorm_weight_gradient(
-            self.w.double(), norms.nan_to_num(), losses, initial, self.alpha, usable
+            widened(state["w"]), xp.where(usable, norms, 0.0), losses, initial, self.alpha, usable
         )
-        self.pending_grad.add_(torch.where(enough, grad, 0.0))
-        self.pending_count.add_(enough.to(self.pending_count.dtype))
-        self.last_grad_loss.copy_(torch.where(enough, l_grad, self.last_grad_loss.double()))
+        state["pending_grad"][...] += grad * enough
+        state["pending_count"][...] += enough
+        state["last_grad_loss"][...] = xp.where(enough, l_grad, state["last_grad_loss"])
 
     @torch.no_grad()
     def update(self) -> None:
         pending, self._pending = self._pending, []
+        state = self.state_arrays(*self._UPDATE_STATE)
         for norms, mean_losses, present in pending:
             if norms.ready:  # a micro-batch without a backward (e.g. a skipped step) is dropped
-                self._accumulate(norms.squared_norms(), mean_losses, present)
-        count = self.pending_count
-        stepped = count > 0
-        step = self.adam_step + 1
-        w = self.w.double()
+                self._accumulate(state, norms.squared_norms(), mean_losses, present)
+        count = state["pending_count"]
+        xp = array_namespace(count)
+        stepped = count > 0  # no branch on it: on an accelerator nothing waits for the host
+        step = widened(state["adam_step"]) + 1
         new_w, exp_avg, exp_avg_sq = adam_step(
-            w,
-            self.pending_grad.double() / count.clamp(min=1).double(),
-            self.exp_avg.double(),
-            self.exp_avg_sq.double(),
-            step.double(),
+            widened(state["w"]),
+            widened(state["pending_grad"]) / xp.where(count > 1, count, 1.0),
+            widened(state["exp_avg"]),
+            widened(state["exp_avg_sq"]),
+            step,
             lr=self.lr,
         )
-        new_w = new_w.clamp(min=self.min_weight)  # positive, then renormalised to sum T
-        new_w = new_w * (self.num_tasks / new_w.sum())
-        self.w.copy_(torch.where(stepped, new_w, w))
-        self.exp_avg.copy_(torch.where(stepped, exp_avg, self.exp_avg.double()))
-        self.exp_avg_sq.copy_(torch.where(stepped, exp_avg_sq, self.exp_avg_sq.double()))
-        self.adam_step.copy_(torch.where(stepped, step, self.adam_step))
-        self.pending_grad.masked_fill_(stepped, 0.0)
-        self.pending_count.zero_()
+        new_w = xp.where(new_w > self.min_weight, new_w, self.min_weight)  # positive, then
+        new_w = new_w * (self.num_tasks / new_w.sum())  # renormalised to sum T
+        for name, value in (
+            ("w", new_w),
+            ("exp_avg", exp_avg),
+            ("exp_avg_sq", exp_avg_sq),
+            ("adam_step", step),
+        ):
+            state[name][...] = xp.where(stepped, value, state[name])
+        state["pending_grad"][...] = 0.0
+        state["pending_count"][...] = 0.0
 
     def extra_repr(self) -> str:
         return (
