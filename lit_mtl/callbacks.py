@@ -13,15 +13,30 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from lit_mtl.plots import plot_lr_schedule, plot_task_weights
-from lit_mtl.tracking import log_figure
+from lit_mtl._optional import require
 
 __all__ = ["TrainingPlots"]
 
 
+class LearningRateSchedule(Callback):
+    """Base of the callbacks whose per-group effective learning rates :class:`TrainingPlots`
+    records and draws (e.g. :class:`~lit_mtl.transfer.UnfreezeScheduleCallback`)."""
+
+    def effective_lrs(
+        self, optimizer: torch.optim.Optimizer, epoch: int, step: int
+    ) -> dict[str, float]:
+        """The effective lr of every named param group at this epoch and step."""
+        raise NotImplementedError
+
+    def trainable_groups(self, epoch: int) -> list[str]:
+        """The groups that train at ``epoch`` (their first step is marked in the plot)."""
+        raise NotImplementedError
+
+
 class TrainingPlots(Callback):
-    """Records the task weights (``pl_module.weighting.last_weights``) and, when an
-    :class:`~lit_mtl.transfer.UnfreezeScheduleCallback` is in the trainer, every param group's
+    """Records the task weights (``pl_module.weighting.last_weights``) and, when a
+    :class:`LearningRateSchedule` (e.g. :class:`~lit_mtl.transfer.UnfreezeScheduleCallback`) is
+    in the trainer, every param group's
     effective lr every ``every_n_steps`` optimizer steps; at the end of fit (global rank zero)
     writes ``task_weights.png`` / ``lr_schedule.png`` to the log dir and logs them as images
     (keys ``plots/task_weights``, ``plots/lr_schedule``).
@@ -60,13 +75,19 @@ class TrainingPlots(Callback):
         return self.every_n_steps or max(1, int(trainer.log_every_n_steps))
 
     @staticmethod
-    def _schedule_callback(trainer: L.Trainer) -> Any:
-        from lit_mtl.transfer.schedule import UnfreezeScheduleCallback
-
-        return next((c for c in trainer.callbacks if isinstance(c, UnfreezeScheduleCallback)), None)
+    def _schedule_callback(trainer: L.Trainer) -> LearningRateSchedule | None:
+        return next((c for c in trainer.callbacks if isinstance(c, LearningRateSchedule)), None)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.task_names = list(getattr(pl_module, "task_names", []))
+        if trainer.logger is not None and (self.task_weights or self.lr_schedule):
+            # at the start, not after training: the figures need matplotlib at fit end
+            require(
+                "matplotlib.figure",
+                "plots",
+                "TrainingPlots (MultiTaskModule(plots=True), the default, with a logger; pass "
+                "plots=False to go without the figures)",
+            )
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
@@ -87,13 +108,16 @@ class TrainingPlots(Callback):
             self.lr_steps.append(step)
             for name, lr in lrs.items():
                 self.lrs.setdefault(name, [0.0] * (len(self.lr_steps) - 1)).append(float(lr))
-            for name in schedule.schedule.trainable(epoch, schedule.group_names):
+            for name in schedule.trainable_groups(epoch):
                 self.unfreeze_steps.setdefault(name, step)
 
     # ------------------------------------------------------------------ plotting
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.logger is None:
             return  # no logger, no log dir: the history stays in the callback
+        from lit_mtl.plots import plot_lr_schedule, plot_task_weights  # only when drawing
+        from lit_mtl.tracking import log_figure
+
         if self.task_weights and self.steps:
             fig = plot_task_weights(self.steps, self.weights, self.task_names)
             path = log_figure(trainer, "plots/task_weights", fig, "task_weights.png")

@@ -3,16 +3,18 @@
 lit-mtl fit --config configs/quickstart.yaml
 lit-mtl fit --config configs/quickstart.yaml --print_config
 lit-mtl --help
-lit-mtl compare --config configs/compare_mnist1d.yaml   (see lit_mtl.compare)
+lit-mtl compare --config configs/compare/mnist1d.yaml   (see lit_mtl.compare)
+
+The console script's entry point is :func:`lit_mtl.__main__.main`, which hands ``compare`` to
+:mod:`lit_mtl.compare` and everything else to :func:`build_cli` (so neither module imports the
+other's caller).
 """
 
 from __future__ import annotations
 
-import sys
-
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-__all__ = ["MultiTaskCLI", "build_cli", "main"]
+__all__ = ["MultiTaskCLI", "build_cli"]
 
 
 class MultiTaskCLI(LightningCLI):
@@ -53,21 +55,3 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> MultiTaskCLI:
         auto_configure_optimizers=False,
         save_config_callback=LogConfigCallback,
     )
-
-
-def main(args: ArgsType = None) -> None:
-    """Entry point of the ``lit-mtl`` console script and ``python -m lit_mtl``.
-
-    ``lit-mtl compare ...`` runs a method comparison (:mod:`lit_mtl.compare`); every other
-    subcommand (``fit``, ``validate``, ``test``, ``predict``) is Lightning's CLI."""
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
-    if argv and argv[0] == "compare":
-        from lit_mtl.compare import main as compare_main
-
-        compare_main(argv[1:])
-        return
-    build_cli(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

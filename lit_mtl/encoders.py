@@ -13,6 +13,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_mtl._optional import require
+
 __all__ = ["CNNEncoder", "Conv1dEncoder", "Encoder", "MLPEncoder", "TorchvisionEncoder"]
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -221,8 +223,7 @@ class TorchvisionEncoder(Encoder):
 
     def __init__(self, name: str = "resnet18", in_channels: int = 3, **kwargs: object) -> None:
         super().__init__()
-        import torchvision
-
+        torchvision = require("torchvision", "vision", "TorchvisionEncoder")
         available = set(torchvision.models.list_models())
         if name not in available:
             raise ValueError(

@@ -357,10 +357,10 @@ class MultiTaskModule(L.LightningModule):
         self.weighting.on_train_epoch_start()
 
     def configure_callbacks(self) -> list:
-        from lit_mtl.callbacks import TrainingPlots
-
         if not self.plots:
             return []
+        from lit_mtl.callbacks import TrainingPlots  # plotting is imported only when plots are on
+
         # one instance for the module's lifetime: Lightning re-attaches model callbacks on every
         # fit/validate/test, and a fresh one would drop the recorded history
         if getattr(self, "_training_plots", None) is None:

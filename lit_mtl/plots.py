@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from lit_mtl._optional import require
+
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
@@ -21,9 +23,8 @@ __all__ = ["plot_delta_m", "plot_lr_schedule", "plot_task_weights", "plot_tradeo
 
 
 def _figure(width: float = 6.4, height: float = 4.0) -> Figure:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), layout="constrained")
+    figure = require("matplotlib.figure", "plots", "drawing figures")
+    return figure.Figure(figsize=(width, height), layout="constrained")
 
 
 def plot_task_weights(

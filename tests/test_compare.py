@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lit_mtl.cli import main as cli_main
+from lit_mtl.__main__ import main as cli_main
 from lit_mtl.compare import ComparisonConfig, load_comparison, run_comparison
 
 ROOT = Path(__file__).resolve().parents[1]

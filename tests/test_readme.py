@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 
 #: copied verbatim from the README; the install part is skipped inside pytest
-MAIN_COMMAND = "pip install -e . && lit-mtl fit --config configs/quickstart.yaml"
+MAIN_COMMAND = 'pip install -e ".[plots]" && lit-mtl fit --config configs/quickstart.yaml'
 TEST_COMMAND = 'pip install -e ".[dev]" && pytest'
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from lit_mtl._optional import require
 from lit_mtl.data.labelled import DerivedTask, LabelledDataModule
 from lit_mtl.data.overlay import overlay_pairs
 
@@ -25,11 +26,8 @@ __all__ = ["DigitsDataModule", "DigitsOverlayDataModule", "MNIST1DDataModule", "
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:  # pragma: no cover - dependency declared
-        raise ImportError("DigitsDataModule needs scikit-learn: pip install scikit-learn") from err
-    bunch = load_digits()
+    datasets = require("sklearn.datasets", "data", "DigitsDataModule (scikit-learn's digits)")
+    bunch = datasets.load_digits()
     images = bunch.images.astype(np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
     return images, bunch.target.astype(np.int64)
 
@@ -122,12 +120,8 @@ def make_mnist1d(num_samples: int = 5000, seed: int = 42) -> dict[str, np.ndarra
     ``make_dataset`` seeds numpy's and Python's global generators; their states are restored
     afterwards so this call has no side effect on the caller's randomness.
     """
-    try:
-        from mnist1d.data import get_dataset_args, make_dataset
-    except ImportError as err:
-        raise ImportError(
-            "MNIST1DDataModule needs the mnist1d package: pip install mnist1d"
-        ) from err
+    mnist1d = require("mnist1d.data", "data", "MNIST1DDataModule")
+    get_dataset_args, make_dataset = mnist1d.get_dataset_args, mnist1d.make_dataset
     args = get_dataset_args()
     args.num_samples = int(num_samples)
     args.seed = int(seed)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from lit_mtl._optional import require
 from lit_mtl.data.labelled import DIGIT_TASKS, DerivedTask, LabelledDataModule
 from lit_mtl.data.offline import OVERLAY_TASKS
 from lit_mtl.data.overlay import overlay_pairs
@@ -57,8 +58,7 @@ NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 
 def default_transform(dataset: str) -> Callable[[Any], torch.Tensor]:
     """ToTensor + the dataset's normalisation."""
-    from torchvision import transforms
-
+    transforms = require("torchvision.transforms", "vision", "TorchvisionDataModule")
     mean, std = NORMALIZATION[dataset]
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
 
@@ -71,8 +71,7 @@ def _torchvision_dataset(
     transform: Callable | None,
     verify_checksums: bool,
 ) -> Dataset:
-    from torchvision import datasets
-
+    datasets = require("torchvision.datasets", "vision", "TorchvisionDataModule")
     cls: Any = {
         "mnist": datasets.MNIST,
         "fashion_mnist": datasets.FashionMNIST,

@@ -21,6 +21,18 @@ from lit_mtl.engines.distributed import all_reduce_mean, all_reduce_sum, world_s
 __all__ = ["Injection", "TaskJacobian", "inject_gradients"]
 
 
+def _multiply(tensors: list[Tensor], scales: list[float] | Tensor, in_place: bool) -> list[Tensor]:
+    """tensors[k] * scales[k] (or * one tensor): torch's fused ``_foreach_mul`` where this torch
+    has it, else one multiply per tensor (the public fallback)."""
+    fused = getattr(torch, "_foreach_mul_" if in_place else "_foreach_mul", None)
+    if fused is not None:
+        out = fused(tensors, scales)
+        return tensors if in_place else list(out)
+    if isinstance(scales, Tensor):
+        return [t.mul_(scales) if in_place else t * scales for t in tensors]
+    return [t.mul_(s) if in_place else t * s for t, s in zip(tensors, scales, strict=True)]
+
+
 class _InjectGradients(torch.autograd.Function):
     """``value`` (a constant) as a graph node whose backward hands every input its precomputed
     gradient (times the incoming gradient): one node instead of a multiply and a sum per
@@ -37,7 +49,7 @@ class _InjectGradients(torch.autograd.Function):
         grads = list(ctx.grads)
         ctx.grads = ()
         if grad_output.device.type != "cpu" or float(grad_output) != 1.0:
-            grads = torch._foreach_mul(grads, grad_output)  # e.g. 1 / accumulation steps
+            grads = _multiply(grads, grad_output, in_place=False)  # e.g. 1 / accumulation steps
         return (None, None, *grads, *([None] * ctx.num_inputs))
 
 
@@ -146,9 +158,9 @@ class TaskJacobian:
                     scales.append(w_list[i])
         if head_inputs:
             if all(g.is_contiguous() for g in head_grads):  # our own gradient tensors
-                torch._foreach_mul_(head_grads, scales)
+                _multiply(head_grads, scales, in_place=True)
             else:  # e.g. an expanded gradient: not writable in place
-                head_grads = list(torch._foreach_mul(head_grads, scales))
+                head_grads = _multiply(head_grads, scales, in_place=False)
             inputs += head_inputs
             grads += head_grads
         return inject_gradients(value, inputs, grads)

@@ -125,7 +125,8 @@ class _LayerGradients(PendingNorms):
         k, d = len(self.tasks), self.u.shape[-1]
         block = self._to_layer_output([grads[i] for i in self.tasks])  # (M, k*D)
         product = (self.a.mT @ block).view(-1, k, d)  # (E, k, D): column block i = (G_i^T a)^T
-        scale = self.scale * self.weights  # (k,) c w_i
+        scale = self.scale * self.weights  # (k,) c w_i; 0 for an absent task (zero gradient)
+        scale = torch.where(scale != 0, scale, 1.0)
         if world_size() == 1:  # the norms at once, while the product is in cache
             sq = product.square_().sum((0, 2)) / (scale * scale)
             if k == self.num_tasks:
@@ -241,27 +242,29 @@ class LayerNormEngine:
         )
 
     def norms(
-        self, ctx: StepContext, flags: list[bool], weights: Tensor, value: Tensor, owner: str
+        self, ctx: StepContext, present: Tensor, weights: Tensor, value: Tensor, owner: str
     ) -> tuple[PendingNorms, Tensor]:
         """(the pending squared norms, the scalar to backpropagate) for weights ``weights`` (T,)
-        applied to the losses (``value`` = sum_i w_i L_i, with its graph)."""
+        applied to the losses (``value`` = sum_i w_i L_i, with its graph). ``present`` (T,) bool:
+        the tasks present on some rank (an absent task has weight 0 and a zero gradient; the
+        fast path reads no flag on the host)."""
         captured, self._captured = self._captured, None
         if captured is not None and self._fast_path_applies(ctx, captured):
-            tasks = [i for i, f in enumerate(flags) if f and ctx.losses[i].requires_grad]
+            tasks = [i for i, loss in enumerate(ctx.losses) if loss.requires_grad]
             record = _LayerGradients(
                 captured.a,
                 captured.u,
                 ctx.representation,
                 weights.float(),
                 tasks,
-                len(flags),  # type: ignore[arg-type]
+                ctx.num_tasks,
             )
             value.register_hook(record.root_hook)
             if tasks:
                 set_views_listener(ctx.task_representations, record)  # type: ignore[arg-type]
             self.last_path, self.last_chain = "single backward", record.chain
             return record, value
-        jacobian: TaskJacobian = self.gradients.jacobian(ctx, flags, owner)
+        jacobian: TaskJacobian = self.gradients.jacobian(ctx, present.tolist(), owner)
         squared = jacobian.gramian().diagonal().clone()
         self.last_path, self.last_chain = "two pass", None
         return PendingNorms(squared), jacobian.apply(weights, value)

@@ -82,6 +82,11 @@ class ParameterEngine:
         self.target = target
         self.params: list[nn.Parameter] | None = None
         self._warned_batched = False
+        #: memory reused across steps for the stacked per-task gradients w.r.t. z
+        self.scratch: dict[str, Tensor] = {}
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "scratch": {}}  # pickled without the step's memory
 
     def bind(self, encoder: nn.Module) -> None:
         """Resolve the target in the encoder (a plain list: the encoder owns the parameters)."""
@@ -114,7 +119,7 @@ class ParameterEngine:
             rows = gradients_of(losses, flags, params)
             return TaskJacobian(self._unscaled_blocks(ctx, rows), "mean")
         gz, heads = representation_gradients(
-            ctx, flags, losses, with_heads=ctx.head_parameters is not None
+            ctx, flags, losses, with_heads=ctx.head_parameters is not None, buffer=self.scratch
         )
         blocks = self._unscaled_blocks(ctx, self._pull_back(z, gz, params, losses, flags))
         injection = None

@@ -21,6 +21,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from lit_mtl.callbacks import LearningRateSchedule
+
 __all__ = [
     "UnfreezeSchedule",
     "UnfreezeScheduleCallback",
@@ -105,7 +107,7 @@ def _batchnorms(modules: Sequence[nn.Module]) -> list[nn.Module]:
     ]
 
 
-class UnfreezeScheduleCallback(L.Callback):
+class UnfreezeScheduleCallback(LearningRateSchedule):
     """Applies an :class:`UnfreezeSchedule` to named optimizer param groups (drop-in usable).
 
     Args:
@@ -247,6 +249,9 @@ class UnfreezeScheduleCallback(L.Callback):
         trainable = self.schedule.trainable(trainer.current_epoch, self.group_names)
         for name, modules in self.layer_groups.items():
             self._set_bn_mode(modules, name not in trainable)
+
+    def trainable_groups(self, epoch: int) -> list[str]:
+        return list(self.schedule.trainable(epoch, self.group_names))
 
     def effective_lrs(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> dict:
         """{group name: effective lr} as the next optimizer step would apply it."""

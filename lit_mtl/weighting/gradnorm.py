@@ -107,9 +107,8 @@ class GradNorm(Weighting):
     def combine(self, ctx: StepContext) -> Tensor:
         mean_losses, present_all = ctx.rank_mean_losses
         value = self._weighted_sum(self.w.detach(), ctx.stacked, present_all)
-        flags = present_all.tolist()  # a task absent here has a zero gradient here
         norms, out = self.engine.norms(
-            ctx, flags, self.last_weights, value, owner=type(self).__name__
+            ctx, present_all, self.last_weights, value, owner=type(self).__name__
         )
         self._pending.append((norms, mean_losses.detach(), present_all))
         return out
