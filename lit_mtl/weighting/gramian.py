@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.parameters import ParameterEngine
 from lit_mtl.engines.representation import RepresentationEngine
+from lit_mtl.engines.threads import single_threaded_blas
 from lit_mtl.weighting.base import Weighting
 
 __all__ = ["GramianWeighting", "engine_for"]
@@ -110,10 +111,14 @@ class GramianWeighting(Weighting):
             )
             return self.last_weights.clone().to(losses.dtype)
         loss_values = losses.detach().to("cpu", torch.float64).numpy()
+        with single_threaded_blas():  # no second thread pool fighting torch's for the cores
+            if len(idx) == self.num_tasks:
+                coef = self.coefficients(g, loss_values).tolist()
+            else:
+                coef = self.coefficients(g[np.ix_(idx, idx)], loss_values[idx]).tolist()
         if len(idx) == self.num_tasks:
-            weights = self.coefficients(g, loss_values).tolist()
+            weights = coef
         else:
-            coef = self.coefficients(g[np.ix_(idx, idx)], loss_values[idx]).tolist()
             weights = [0.0] * self.num_tasks
             for i, c in zip(idx, coef, strict=True):
                 weights[i] = c
