@@ -78,9 +78,9 @@ def representation_gradients(
     backwards w.r.t. z.
     """
     views = ctx.task_representations
-    if views is None or not _distinct(views):
-        assert ctx.representation is not None
-        return gradients_of(losses, flags, [ctx.representation])[0], None
+    if views is None or not _distinct(views):  # every head read the same tensor
+        shared = ctx.representation if ctx.representation is not None else views[0]  # type: ignore[index]
+        return gradients_of(losses, flags, [shared])[0], None
     chosen = [i for i, f in enumerate(flags) if f and losses[i].requires_grad]
     head_params = ctx.head_parameters if with_heads else None
     heads: list[list[Tensor | None]] | None = None
@@ -182,8 +182,8 @@ class RepresentationEngine:
 
         views = ctx.task_representations
         split = views is not None and _distinct(views)
-        z = ctx.representation
-        size = (z if z is not None else views[0]).numel()  # type: ignore[index]
+        z = ctx.representation if ctx.representation is not None else views[0]  # type: ignore[index]
+        size = z.numel()
 
         def rows(chunk: list[int]) -> Tensor:
             out = losses[0].new_zeros((len(chunk), size), dtype=torch.float32)

@@ -141,3 +141,15 @@ def test_loss_scale_of_reads_an_enabled_scaler_only() -> None:
     assert loss_scale_of(torch.amp.GradScaler("cpu", enabled=False)) is None
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     assert float(loss_scale_of(scaler)) == 2.0**10  # type: ignore[arg-type]
+
+
+def test_one_tensor_given_as_every_tasks_representation() -> None:
+    """task_representations=[z, z, z] (no views, no shared z): T backwards w.r.t. z."""
+    encoder, heads, x, ys = _dense_problem()
+    z = encoder(x)
+    losses = [((h(z) - y) ** 2).mean() for h, y in zip(heads, ys, strict=True)]
+    ctx = step_context(losses, task_representations=[z, z, z])
+    rows = _manual_rows(losses, [z])
+    for engine in (RepresentationEngine(), RepresentationEngine(chunk_size=2)):
+        gramian = engine.jacobian(ctx, [True] * 3).gramian()
+        torch.testing.assert_close(gramian, rows @ rows.T, rtol=1e-5, atol=1e-7)
