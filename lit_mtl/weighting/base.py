@@ -36,8 +36,9 @@ from torch.utils.hooks import RemovableHandle
 
 from lit_mtl.engines.context import StepContext, step_context
 from lit_mtl.engines.distributed import all_reduce_max, all_reduce_sum, world_size
+from lit_mtl.functional.loss_weighting import array_namespace
 
-__all__ = ["Reduction", "Weighting", "as_array_like", "widened"]
+__all__ = ["Reduction", "Weighting", "as_array_like", "assign_where", "widened"]
 
 Reduction = Literal["sum", "mean", "max"]
 
@@ -53,6 +54,13 @@ def as_array_like(value: Tensor, like: Any, wide: bool = False) -> Any:
         return out.astype(np.float64) if wide else out
     out = value.detach().to(like.device)
     return out.double() if wide else out
+
+
+def assign_where(state: dict[str, Any], condition: Any, **values: Any) -> None:
+    """``state[name][...] = where(condition, value, state[name])`` for each name: an update that
+    applies only when ``condition`` holds, without branching on it (no host read on a device)."""
+    for name, value in values.items():
+        state[name][...] = array_namespace(value).where(condition, value, state[name])
 
 
 def widened(array: Any) -> Any:

@@ -10,12 +10,11 @@ from torch import Tensor
 from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.distributed import masked_mean_over_ranks
 from lit_mtl.functional.loss_weighting import (
-    array_namespace,
     famo_logit_gradient,
     famo_weights,
 )
 from lit_mtl.functional.optim import adam_step
-from lit_mtl.weighting.base import Weighting, as_array_like, widened
+from lit_mtl.weighting.base import Weighting, as_array_like, assign_where, widened
 
 __all__ = ["FAMO", "famo_logit_gradient", "famo_weights"]
 
@@ -100,7 +99,6 @@ class FAMO(Weighting):
         after, present_all = masked_mean_over_ranks(losses_after.detach().float(), present.bool())
         state = self.state_arrays(*self._UPDATE_STATE)
         logits = state["logits"]
-        xp = array_namespace(logits)
         after = as_array_like(after, logits, wide=True)
         both = as_array_like(present_all, logits) & state["prev_present"]
         usable = both.sum() >= 2  # no branch on it: on an accelerator nothing waits for the host
@@ -118,13 +116,9 @@ class FAMO(Weighting):
             lr=self.lr,
             weight_decay=self.weight_decay,
         )
-        for name, value in (
-            ("logits", new_logits),
-            ("exp_avg", exp_avg),
-            ("exp_avg_sq", exp_avg_sq),
-            ("adam_step", step),
-        ):
-            state[name][...] = xp.where(usable, value, state[name])
+        assign_where(
+            state, usable, logits=new_logits, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, adam_step=step
+        )
 
     #: the state of the logits' own update
     _UPDATE_STATE = ("logits", "min_losses", "exp_avg", "exp_avg_sq", "adam_step")

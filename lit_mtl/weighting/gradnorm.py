@@ -13,7 +13,7 @@ from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.layer_norms import LayerNormEngine, PendingNorms
 from lit_mtl.functional.loss_weighting import array_namespace, gradnorm_weight_gradient
 from lit_mtl.functional.optim import adam_step
-from lit_mtl.weighting.base import Weighting, as_array_like, widened
+from lit_mtl.weighting.base import Weighting, as_array_like, assign_where, widened
 
 __all__ = ["GradNorm", "gradnorm_weight_gradient"]
 
@@ -167,13 +167,9 @@ class GradNorm(Weighting):
         )
         new_w = xp.where(new_w > self.min_weight, new_w, self.min_weight)  # positive, then
         new_w = new_w * (self.num_tasks / new_w.sum())  # renormalised to sum T
-        for name, value in (
-            ("w", new_w),
-            ("exp_avg", exp_avg),
-            ("exp_avg_sq", exp_avg_sq),
-            ("adam_step", step),
-        ):
-            state[name][...] = xp.where(stepped, value, state[name])
+        assign_where(
+            state, stepped, w=new_w, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, adam_step=step
+        )
         state["pending_grad"][...] = 0.0
         state["pending_count"][...] = 0.0
 

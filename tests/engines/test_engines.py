@@ -29,10 +29,21 @@ def _manual_rows(losses: list[torch.Tensor], wrt: list[torch.Tensor]) -> torch.T
     return torch.stack(rows)
 
 
-def _reference_grads(module: nn.Module, c: torch.Tensor, losses: list[torch.Tensor]) -> dict:
-    module.zero_grad()
+def _assert_applies_sum_of_weighted_losses(
+    model: nn.Module,
+    jacobian,
+    c: torch.Tensor,
+    losses: list[torch.Tensor],  # type: ignore[no-untyped-def]
+) -> None:
+    """The engine's applied direction has the gradients of sum_i c_i L_i, for every parameter."""
+    out = jacobian.apply(c, (c * torch.stack(losses)).sum())
+    model.zero_grad()
     (c * torch.stack(losses)).sum().backward(retain_graph=True)
-    return {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    reference = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    out.backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, reference[name], rtol=1e-5, atol=1e-7, msg=name)
 
 
 @pytest.mark.parametrize("with_heads", [False, True])
@@ -48,13 +59,7 @@ def test_feature_map_representation_gramian_and_applied_direction(with_heads: bo
     jacobian = RepresentationEngine().jacobian(ctx, [True] * 3)
     rows = _manual_rows(losses, [z])
     torch.testing.assert_close(jacobian.gramian(), rows @ rows.T, rtol=1e-5, atol=1e-7)
-    c = torch.tensor([0.2, 1.5, 0.7])
-    out = jacobian.apply(c, (c * torch.stack(losses)).sum())
-    reference = _reference_grads(model, c, losses)
-    model.zero_grad()
-    out.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+    _assert_applies_sum_of_weighted_losses(model, jacobian, torch.tensor([0.2, 1.5, 0.7]), losses)
 
 
 def _per_task_problem():  # type: ignore[no-untyped-def]
@@ -79,13 +84,7 @@ def test_per_task_representations_gramian_and_applied_direction() -> None:
     jacobian = RepresentationEngine().jacobian(ctx, [True, True])
     rows = _manual_rows(losses, zs)  # row i: dL_i/dz_i
     torch.testing.assert_close(jacobian.gramian(), rows @ rows.T, rtol=1e-5, atol=1e-7)
-    c = torch.tensor([0.3, 2.0])
-    out = jacobian.apply(c, (c * torch.stack(losses)).sum())
-    reference = _reference_grads(model, c, losses)
-    model.zero_grad()
-    out.backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+    _assert_applies_sum_of_weighted_losses(model, jacobian, torch.tensor([0.3, 2.0]), losses)
 
 
 def test_parameter_engine_with_per_task_representations() -> None:
