@@ -136,6 +136,8 @@ WEIGHTINGS = [
     "IMTLG",
     "NashMTL",
     "AlignedMTL",
+    "UPGrad",
+    "DBMTL",
 ]
 
 
