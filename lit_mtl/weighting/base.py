@@ -19,7 +19,9 @@ checkpointed or not), as torchmetrics does: states are buffers, so they are in t
 Updates after the optimizer step (GradNorm's w, FAMO's logits, step counters) happen by
 themselves: a weighting that ran a training forward is updated once by the next ``step()`` of a
 ``torch.optim`` optimizer that holds the model's parameters (one global optimizer post-step hook).
-Calling :meth:`Weighting.on_optimizer_step` yourself is harmless (it runs at most once per step).
+Calling :meth:`Weighting.on_optimizer_step` yourself is harmless (it runs at most once per step);
+with an optimizer that is not a ``torch.optim.Optimizer`` (no post-step hooks) call it after
+each step.
 """
 
 from __future__ import annotations
