@@ -633,3 +633,27 @@ def test_db_mtl_gradients_follow_the_authors_formula() -> None:
 def test_db_mtl_refuses_the_representation_target() -> None:
     with pytest.raises(ValueError, match="target='representation' is not supported"):
         DBMTL(target="representation")
+
+
+@pytest.mark.parametrize("name", ["gradnorm", "famo"])
+def test_state_updates_agree_on_numpy_views_and_on_tensors(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The post-step rules run on numpy views of CPU state and on the tensors themselves (as on
+    an accelerator): the same state after a few steps."""
+    states = []
+    for on_tensors in (False, True):
+        if on_tensors:  # the accelerator branch of state_arrays, on the CPU
+            monkeypatch.setattr(
+                Weighting,
+                "state_arrays",
+                lambda self, *names: {n: getattr(self, n) for n in names},
+            )
+        problem = Problem()
+        w = bound(name, problem)
+        run_steps(w, problem, steps=5)
+        states.append({k: v.clone() for k, v in w.state_dict().items()})
+    numpy_state, tensor_state = states
+    assert numpy_state.keys() == tensor_state.keys()
+    for key, value in numpy_state.items():
+        torch.testing.assert_close(tensor_state[key], value, rtol=1e-6, atol=1e-7, msg=key)
