@@ -121,5 +121,12 @@ class FAMO(Weighting):
         )
 
     #: the state of the logits' own update
-    _UPDATE_STATE = ("logits", "min_losses", "exp_avg", "exp_avg_sq", "adam_step")
-    _UPDATE_STATE += ("prev_losses", "prev_present")
+    _UPDATE_STATE = (
+        "logits",
+        "min_losses",
+        "exp_avg",
+        "exp_avg_sq",
+        "adam_step",
+        "prev_losses",
+        "prev_present",
+    )
