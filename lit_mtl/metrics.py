@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_mtl.tasks import TaskSpec, as_task_spec, default_metrics
+from lit_mtl.functional.task_metrics import METRIC_DIRECTIONS
+from lit_mtl.tasks import TaskSpec, as_task_spec
 
 __all__ = [
     "HIGHER_IS_BETTER",
@@ -51,12 +52,11 @@ def higher_is_better(key: str, directions: Mapping[str, bool] | None = None) -> 
 
 
 def metric_directions(tasks: Sequence[TaskSpec | Mapping]) -> dict[str, bool]:
-    """``{"task/metric": higher is better}`` for every metric the tasks log (from the
-    torchmetrics objects' own ``higher_is_better``)."""
+    """``{"task/metric": higher is better}`` for every metric the tasks log."""
     directions: dict[str, bool] = {}
     for spec in (as_task_spec(t) for t in tasks):
-        for name, metric in default_metrics(spec).items():
-            directions[f"{spec.name}/{name}"] = bool(metric.higher_is_better)
+        for name, higher in METRIC_DIRECTIONS[spec.kind].items():
+            directions[f"{spec.name}/{name}"] = higher
     return directions
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import torch
@@ -14,6 +15,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
+from lit_mtl.epoch_metrics import EpochTaskMetrics
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec
 from lit_mtl.weighting import EqualWeighting, Weighting
 
@@ -50,6 +52,17 @@ def unpack_batch(batch: Batch) -> tuple[Tensor, Mapping[str, Tensor], Mapping[st
     )
 
 
+class _TaskLosses(NamedTuple):
+    """One forward pass over the tasks (:meth:`MultiTaskModule._task_losses`)."""
+
+    representation: Tensor  # z
+    losses: list[Tensor]  # T scalars with their graphs
+    loss_values: list[float]  # the same, on the host
+    present: Tensor  # (T,) bool: the task has a labelled entry in the batch
+    statistics: Tensor  # the tasks' metric statistics, concatenated
+    views: list[Tensor] | None  # the heads' views of z (gradient methods on z)
+
+
 class MultiTaskModule(L.LightningModule):
     """Shared encoder + one head per task; the task losses are combined by a weighting method.
 
@@ -71,8 +84,15 @@ class MultiTaskModule(L.LightningModule):
         select_tasks: train and evaluate only these tasks (e.g. a single-task baseline on a
             multi-task DataModule); the batch's targets for the other tasks are ignored.
 
-    Logged: ``train/loss``; per task ``{stage}/{task}/loss`` and ``{stage}/{task}/{metric}``;
-    the task weights as ``train/{task}/weight``.
+    Logged: ``train/loss`` every step; per task, ``train/{task}/loss`` and
+    ``train/{task}/weight`` (the step's values) on the steps the trainer writes logs
+    (``log_every_n_steps``) and on the last step of each epoch; ``val/loss``, ``test/loss``;
+    at each epoch's end ``{val,test}/{task}/loss`` (batch-size-weighted means) and
+    ``{stage}/{task}/{metric}`` (mse and mae; acc and f1), synchronised across DDP ranks.
+    A step pays for this once, not once per task: the metrics' sufficient statistics of all
+    tasks are summed in one vector on the device (:class:`~lit_mtl.epoch_metrics.
+    EpochTaskMetrics`), and the step's only host read is the task losses (with the class
+    labels' range check) that ``nonfinite_loss`` needs anyway.
 
     Training uses Lightning's automatic optimization, so ``precision``, ``strategy``,
     ``accumulate_grad_batches`` and ``gradient_clip_val`` work unchanged. The weighting is a
@@ -143,14 +163,14 @@ class MultiTaskModule(L.LightningModule):
             encoder=encoder,
             baseline_losses=[task.baseline_loss() for task in self.tasks.values()],
         )
-        self.metrics = nn.ModuleDict(
-            {
-                f"{stage}_metrics": nn.ModuleDict(
-                    {s.name: _task_metrics(s, prefix=f"{stage}/{s.name}/") for s in specs}
-                )
-                for stage in STAGES
-            }
+        sizes = [task.statistics_size for task in self.tasks.values()]
+        self.epoch_metrics = nn.ModuleDict(
+            {f"{stage}_metrics": EpochTaskMetrics(specs, sizes) for stage in STAGES}
         )
+        # where each task's labelled count sits in the concatenated statistics of a step
+        counts_at = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.long)
+        self.register_buffer("_count_positions", counts_at, persistent=False)
+        self._step_log: tuple[Tensor, Tensor, int] | None = None
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.nonfinite_loss = nonfinite_loss
@@ -194,41 +214,66 @@ class MultiTaskModule(L.LightningModule):
             raise KeyError(f"batch has masks for unknown task(s) {unknown_masks}")
 
     def _task_losses(
-        self,
-        x: Tensor,
-        targets: Mapping[str, Tensor],
-        masks: Mapping[str, Tensor],
-        stage: str | None,
-    ) -> tuple[Tensor, list[Tensor], Tensor, list[Tensor] | None]:
-        """(z, T scalar losses, (T,) presence, the heads' views of z or None); updates the
-        stage's metrics when ``stage`` is given.
+        self, x: Any, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor], train: bool
+    ) -> _TaskLosses:
+        """The step's task losses, their values on the host and the statistics of the tasks'
+        metrics.
 
-        When the weighting differentiates w.r.t. z, each head reads its own view of z
-        (:func:`~lit_mtl.task_views`) so that all T gradients come from a single backward pass.
+        Each loss takes its task's fast path (one fused op) unless a mask is given; the losses
+        and the class tasks' label probes are read on the host together, once per step
+        (:meth:`Task.fast_path_exact`: an invalid label is an error naming the task and the
+        value), and a task whose fast path was not exact (a missing label) is redone masked
+        from the same prediction. When the weighting differentiates w.r.t. z (``train``), each
+        head reads its own view of z (:func:`~lit_mtl.task_views`) so that all T gradients come
+        from a single backward pass.
         """
         z = self.encoder(x)  # (N, D) shared representation
-        wants_z_grads = self.weighting.uses_task_representations and stage == "train"
+        n = z.shape[0]
+        for name, task in self.tasks.items():
+            task.check_target(targets[name], n)
+        wants_z_grads = self.weighting.uses_task_representations and train
         if wants_z_grads and torch.is_grad_enabled() and not z.requires_grad:
             z = z.detach().requires_grad_()  # frozen encoder: the heads' gradients w.r.t. z
         views = wants_z_grads and z.requires_grad
         head_inputs = task_views(z, len(self.tasks)) if views else None
+        preds: list[Tensor] = []
         losses: list[Tensor] = []
-        present: list[Tensor] = []
+        statistics: list[Tensor] = []
+        probes: list[Tensor] = []
         for i, (name, task) in enumerate(self.tasks.items()):
             pred = task(z if head_inputs is None else head_inputs[i])  # (N,) or (N, d)
-            target, mask = targets[name], masks.get(name)
-            task.check_target(pred, target)
-            losses.append(task.loss(pred, target, mask))  # scalar, 0 when unlabelled
-            present.append(task.labelled(target, mask).any())
-            if stage is not None:
-                inputs = task.metric_inputs(pred, target, mask)
-                if inputs is not None:
-                    self.metrics[f"{stage}_metrics"][name].update(*inputs)
-        return z, losses, torch.stack(present), head_inputs
+            mask = masks.get(name)
+            loss, stats = task.evaluate(pred, targets[name], mask, fast=mask is None)
+            if mask is None:
+                probes.append(task.probe(targets[name]))
+            preds.append(pred)
+            losses.append(loss)  # scalar, 0 when unlabelled
+            statistics.append(stats)
+        values = torch.cat([stack_losses(losses).detach(), *probes]).tolist()  # one host read
+        probe_at = len(losses)
+        redo = []
+        for i, (name, task) in enumerate(self.tasks.items()):
+            if masks.get(name) is not None:
+                continue
+            probe = values[probe_at : probe_at + task.probe_size]
+            probe_at += task.probe_size
+            if not task.fast_path_exact(probe, targets[name]) or not math.isfinite(values[i]):
+                redo.append((i, name, task))
+        for i, name, task in redo:  # missing labels: the masked path, from the same prediction
+            losses[i], statistics[i] = task.evaluate(preds[i], targets[name])
+        loss_values = values[: len(losses)]
+        if redo:
+            loss_values = stack_losses(losses).detach().tolist()
+        stats_all = torch.cat(statistics)
+        present = stats_all[self._count_positions] > 0
+        return _TaskLosses(z, losses, loss_values, present, stats_all, head_inputs)
 
     @torch.no_grad()
     def _recompute_losses(
-        self, x: Tensor, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]
+        self,
+        x: Any,
+        targets: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor],
     ) -> tuple[Tensor, Tensor]:
         """Task losses of a training batch under the current parameters (FAMO's l').
 
@@ -243,10 +288,10 @@ class MultiTaskModule(L.LightningModule):
             else contextlib.nullcontext()
         )
         with context:
-            _, losses, present, _ = self._task_losses(x, targets, masks, stage=None)
+            step = self._task_losses(x, targets, masks, train=False)
         for m, state in zip(norms, saved, strict=True):
             m.load_state_dict(state)
-        return stack_losses(losses), present
+        return stack_losses(step.losses), step.present
 
     def _loss_scale(self) -> Tensor | float | None:
         """The fp16 GradScaler's current scale, or None."""
@@ -254,18 +299,17 @@ class MultiTaskModule(L.LightningModule):
             return None
         return loss_scale_of(getattr(self.trainer.precision_plugin, "scaler", None))
 
-    def _check_finite(self, stacked: Tensor, batch_idx: int) -> bool:
-        finite = torch.isfinite(stacked)
-        all_finite = bool(finite.all())
+    def _check_finite(self, values: Sequence[float], batch_idx: int) -> bool:
+        """Whether the step's task losses (host values) are all finite, on every rank when
+        steps are skipped; raises or warns naming the tasks otherwise."""
+        all_finite = all(math.isfinite(v) for v in values)
         if self.nonfinite_loss == "skip" and self.trainer.world_size > 1:
-            flag = torch.tensor(float(all_finite), device=stacked.device)
+            flag = torch.tensor(float(all_finite), device=self.device)
             all_finite = bool(self.trainer.strategy.reduce(flag, reduce_op="min") > 0.5)
         if all_finite:
             return True
         bad = {
-            name: float(v)
-            for name, v, ok in zip(self.task_names, stacked.tolist(), finite.tolist(), strict=True)
-            if not ok
+            name: v for name, v in zip(self.task_names, values, strict=True) if not math.isfinite(v)
         }
         where = f"at global step {self.global_step} (epoch {self.current_epoch}, batch {batch_idx})"
         if self.nonfinite_loss == "raise":
@@ -280,17 +324,19 @@ class MultiTaskModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
+        self._step_log = None
         x, targets, masks = unpack_batch(batch)
         self._check_targets(targets, masks)
-        z, losses, present, views = self._task_losses(x, targets, masks, "train")
-        n = x.shape[0]
-        stacked = stack_losses(losses).detach()  # (T,)
-        if not self._check_finite(stacked, batch_idx):
+        step = self._task_losses(x, targets, masks, train=True)
+        n = step.representation.shape[0]
+        if not self._check_finite(step.loss_values, batch_idx):
             return None
+        stacked = stack_losses(step.losses).detach()  # (T,)
+        views = step.views
         context = StepContext(  # what the weighting may read (one immutable object per step)
-            losses=tuple(losses),
-            present=present,
-            representation=z,
+            losses=tuple(step.losses),
+            present=step.present,
+            representation=step.representation,
             task_representations=None if views is None else tuple(views),
             head_parameters=None
             if views is None
@@ -300,35 +346,76 @@ class MultiTaskModule(L.LightningModule):
         )
         loss = self.weighting(context)  # its post-step update runs after the optimizer step
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        weights = self.weighting.last_weights
-        for i, name in enumerate(self.task_names):
-            self.log(f"train/{name}/loss", stacked[i], batch_size=n)
-            self.log(f"train/{name}/weight", weights[i], batch_size=n)
-            self.log_dict(
-                self.metrics["train_metrics"][name], on_step=False, on_epoch=True, batch_size=n
-            )
+        self.epoch_metrics["train_metrics"].update(stacked, step.statistics, n)
+        self._step_log = (stacked, self.weighting.last_weights, n)  # logged at logging steps
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        """Log the step's per-task losses and weights where their values are read: on the steps
+        the trainer writes to its loggers (``log_every_n_steps``) and on the last step of an
+        epoch or of the fit (so ``trainer.callback_metrics`` ends each epoch with them). 2T
+        ``self.log`` calls there, none on the other steps."""
+        if self._step_log is None or not self._step_values_read():
+            return
+        losses, weights, n = self._step_log
+        self._step_log = None
+        for i, name in enumerate(self.task_names):
+            self.log(f"train/{name}/loss", losses[i], batch_size=n)
+            self.log(f"train/{name}/weight", weights[i], batch_size=n)
+
+    def _step_values_read(self) -> bool:
+        """Whether this training step's on-step values are written or end an epoch / the fit."""
+        trainer = self.trainer
+        if trainer.fast_dev_run or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return True
+        if 0 < trainer.max_steps <= trainer.global_step:
+            return True
+        connector = getattr(trainer, "_logger_connector", None)  # Lightning's own cadence test
+        return bool(getattr(connector, "should_update_logs", True))
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
         x, targets, masks = unpack_batch(batch)
         self._check_targets(targets, masks)
-        _, losses, _, _ = self._task_losses(x, targets, masks, stage)
-        n = x.shape[0]
-        stacked = stack_losses(losses)
+        step = self._task_losses(x, targets, masks, train=False)
+        n = step.representation.shape[0]
+        stacked = stack_losses(step.losses)
         self.log(
             f"{stage}/loss", stacked.sum(), prog_bar=stage == "val", batch_size=n, sync_dist=True
         )
-        for i, name in enumerate(self.task_names):
-            self.log(f"{stage}/{name}/loss", stacked[i], batch_size=n, sync_dist=True)
-            self.log_dict(
-                self.metrics[f"{stage}_metrics"][name], on_step=False, on_epoch=True, batch_size=n
-            )
+        self.epoch_metrics[f"{stage}_metrics"].update(stacked, step.statistics, n)
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        """Log the stage's per-task epoch values (``{stage}/{task}/loss`` for val and test,
+        ``{stage}/{task}/{metric}``), computed once from the epoch's summed statistics."""
+        metric = self.epoch_metrics[f"{stage}_metrics"]
+        for key, value in metric.compute().items():  # on every rank: one all-reduce
+            if stage == "train" and key.endswith("/loss"):
+                continue  # the training losses are logged per step
+            # identical on every rank (the states were summed across ranks); sync_dist keeps
+            # Lightning's epoch-level contract and its warning quiet
+            self.log(f"{stage}/{key}", value.float(), sync_dist=True)
+        metric.reset()
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")
+
+    def on_validation_epoch_start(self) -> None:
+        self.epoch_metrics["val_metrics"].reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch_metrics("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.epoch_metrics["test_metrics"].reset()
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
         x = batch if isinstance(batch, Tensor) else unpack_batch(batch)[0]
@@ -354,6 +441,7 @@ class MultiTaskModule(L.LightningModule):
         }
 
     def on_train_epoch_start(self) -> None:
+        self.epoch_metrics["train_metrics"].reset()
         self.weighting.on_train_epoch_start()
 
     def configure_callbacks(self) -> list:
@@ -366,9 +454,3 @@ class MultiTaskModule(L.LightningModule):
         if getattr(self, "_training_plots", None) is None:
             self._training_plots = TrainingPlots()
         return [self._training_plots]
-
-
-def _task_metrics(spec: TaskSpec, prefix: str) -> nn.Module:
-    from lit_mtl.tasks import default_metrics
-
-    return default_metrics(spec).clone(prefix=prefix)

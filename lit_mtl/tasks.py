@@ -20,23 +20,15 @@ every parameter used), never ``NaN``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryF1Score,
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MultilabelAccuracy,
-    MultilabelF1Score,
-)
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
+
+from lit_mtl.functional.task_metrics import class_statistics, statistics_size
 
 __all__ = ["IGNORE_INDEX", "Task", "TaskKind", "TaskSpec", "as_task_spec"]
 
@@ -108,30 +100,6 @@ def as_task_spec(spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
     raise TypeError(f"expected a TaskSpec or a mapping, got {type(spec).__name__}: {spec!r}")
 
 
-def default_metrics(spec: TaskSpec) -> MetricCollection:
-    """The torchmetrics used for a task of this kind (names are the logged metric names)."""
-    ignore = {"ignore_index": IGNORE_INDEX}
-    if spec.kind == "regression":
-        return MetricCollection({"mse": MeanSquaredError(), "mae": MeanAbsoluteError()})
-    if spec.kind == "binary":
-        return MetricCollection({"acc": BinaryAccuracy(**ignore), "f1": BinaryF1Score(**ignore)})
-    if spec.kind == "multiclass":
-        c = spec.num_outputs
-        return MetricCollection(
-            {
-                "acc": MulticlassAccuracy(num_classes=c, average="micro", **ignore),
-                "f1": MulticlassF1Score(num_classes=c, average="macro", **ignore),
-            }
-        )
-    c = spec.num_outputs
-    return MetricCollection(
-        {
-            "acc": MultilabelAccuracy(num_labels=c, **ignore),
-            "f1": MultilabelF1Score(num_labels=c, average="macro", **ignore),
-        }
-    )
-
-
 class Task(nn.Module):
     """One task inside a :class:`~lit_mtl.MultiTaskModule`: a head, a masked loss and metrics.
 
@@ -166,10 +134,10 @@ class Task(nn.Module):
         return out
 
     # ------------------------------------------------------------------ validation
-    def check_target(self, pred: Tensor, target: Tensor) -> None:
-        """Raise a clear error when ``target`` has the wrong shape or dtype for this task."""
+    def check_target(self, target: Tensor, n: int) -> None:
+        """Raise a clear error when ``target`` has the wrong shape or dtype for this task (a
+        batch of ``n`` samples)."""
         spec = self.spec
-        n = pred.shape[0]
         where = f"task {spec.name!r} ({spec.kind}, num_outputs={spec.num_outputs})"
         if not isinstance(target, Tensor):
             raise TypeError(f"{where}: target must be a Tensor, got {type(target).__name__}")
@@ -187,7 +155,7 @@ class Task(nn.Module):
         else:
             expected = (n,) if spec.num_outputs == 1 else (n, spec.num_outputs)
             if spec.num_outputs == 1 and tuple(target.shape) == (n, 1):
-                return
+                expected = (n, 1)
             if not target.is_floating_point():
                 raise TypeError(
                     f"{where}: regression targets must be floating point (NaN marks a missing "
@@ -198,6 +166,79 @@ class Task(nn.Module):
                 f"{where}: target shape {tuple(target.shape)} does not match the expected "
                 f"{expected} for a batch of {n} samples"
             )
+
+    # ------------------------------------------------------------------ label probe
+    @property
+    def probe_size(self) -> int:
+        """Length of :meth:`probe`'s vector (0 for regression: a missing label shows as a
+        non-finite fast-path loss)."""
+        return 0 if self.spec.kind == "regression" else 3
+
+    def probe(self, target: Tensor) -> Tensor:
+        """Reductions of a class target, read on the host with the step's losses (one read for
+        all tasks) by :meth:`fast_path_exact`: ``[min, max, sum |t - round(t)|]`` (NaN where a
+        float target has a NaN, or the batch is empty). Empty for regression."""
+        if self.spec.kind == "regression":
+            return target.new_empty(0, dtype=torch.float32)
+        if target.numel() == 0:
+            return torch.full((3,), math.nan, device=target.device)
+        values = target.to(torch.uint8) if target.dtype == torch.bool else target
+        low, high = torch.aminmax(values)
+        if values.is_floating_point():
+            fraction = (values - values.round()).abs().sum()
+        else:
+            fraction = torch.zeros((), device=values.device)
+        return torch.stack([low.float(), high.float(), fraction.float()])
+
+    def fast_path_exact(self, probe: Sequence[float], target: Tensor) -> bool:
+        """Whether :meth:`evaluate`'s fast path is exact for this batch, given its loss is finite
+        (regression: always; multiclass: always, ``cross_entropy`` ignores missing labels;
+        binary and multilabel: when no label is missing). Raises a ``ValueError`` naming the
+        task and the value for a label the task cannot take; a target with NaN is checked on
+        the masked path instead."""
+        if self.spec.kind == "regression":
+            return True
+        low, high, fraction = probe
+        if math.isnan(low) or math.isnan(high) or math.isnan(fraction):
+            return False
+        self._check_label_range(low, high)
+        if fraction > 0:
+            self._check_labels(target, self.labelled(target))
+        return self.spec.kind == "multiclass" or low >= 0
+
+    def _check_label_range(self, low: float, high: float) -> None:
+        spec = self.spec
+        upper = spec.num_outputs - 1 if spec.kind == "multiclass" else 1
+        for value in (high, low):
+            if value == IGNORE_INDEX or 0 <= value <= upper:
+                continue
+            allowed = (
+                f"class indices 0..{upper}" if spec.kind == "multiclass" else "0 or 1 (binary)"
+            )
+            raise ValueError(
+                f"task {spec.name!r} ({spec.kind}): label {value:g} in the batch; labels must be "
+                f"{allowed}, with {IGNORE_INDEX}"
+                + (" or NaN" if spec.kind != "multiclass" else "")
+                + " marking a missing label"
+            )
+
+    def _check_labels(self, target: Tensor, present: Tensor) -> None:
+        """Check every labelled entry's value (a host read; only for batches that need it)."""
+        if self.spec.kind == "regression" or not bool(present.any()):
+            return
+        labelled = target[present]
+        low, high = torch.aminmax(
+            labelled.to(torch.uint8) if labelled.dtype == torch.bool else labelled
+        )
+        self._check_label_range(float(low), float(high))
+        if labelled.is_floating_point():
+            fractional = labelled[labelled != labelled.round()]
+            if fractional.numel():
+                raise ValueError(
+                    f"task {self.spec.name!r} ({self.spec.kind}): label {float(fractional[0]):g} "
+                    f"in the batch; labels must be 0 or 1, with {IGNORE_INDEX} or NaN marking a "
+                    "missing label"
+                )
 
     # ------------------------------------------------------------------ masking
     def labelled(self, target: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -220,52 +261,84 @@ class Task(nn.Module):
             present = present & mask
         return present
 
-    def loss(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Mean loss over labelled entries; exactly ``0 * pred.sum()`` when none is labelled.
+    # ------------------------------------------------------------------ loss and statistics
+    @property
+    def statistics_size(self) -> int:
+        """Length of the statistics vector :meth:`evaluate` returns."""
+        return statistics_size(self.spec.kind, self.spec.num_outputs)
+
+    def evaluate(
+        self, pred: Tensor, target: Tensor, mask: Tensor | None = None, fast: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """(loss, statistics) of a batch: the mean loss over labelled entries and the detached
+        sufficient statistics of the task's metrics
+        (:mod:`lit_mtl.functional.task_metrics`; the first entry is the labelled count).
 
         regression: MSE; binary and multilabel: BCE with logits; multiclass: cross-entropy.
+        The masked path (the default) checks the labels and gives exactly ``0 * pred.sum()``
+        when no entry is labelled. ``fast`` (no mask) takes one fused loss op instead: equal
+        to the masked path up to float round-off when :meth:`fast_path_exact` holds and the
+        loss is finite (a missing regression label makes it NaN), otherwise to be redone.
         """
-        if self.spec.kind == "regression" and target.dim() == 2 and pred.dim() == 1:
+        kind = self.spec.kind
+        if kind == "regression" and target.dim() == 2 and pred.dim() == 1:
             target = target.reshape(-1)
+        if fast and mask is None:
+            return self._evaluate_fast(pred, target)
         present = self.labelled(target, mask)
         count = present.sum()
         # Fill missing entries with a harmless value so no NaN enters the graph, then mask.
-        if self.spec.kind == "multiclass":
+        if kind == "multiclass":
             safe_target = torch.where(present, target, torch.zeros_like(target))
+            self._check_labels(target, present)
             per_elem = F.cross_entropy(pred.float(), safe_target.long(), reduction="none")
-        elif self.spec.kind == "regression":
+        elif kind == "regression":
             safe_target = torch.where(present, target, pred.detach().to(target.dtype))
             per_elem = (pred.float() - safe_target.float()) ** 2
         else:
             safe_target = torch.where(present, target.float(), torch.zeros_like(target.float()))
+            self._check_labels(target, present)
             per_elem = F.binary_cross_entropy_with_logits(
                 pred.float(), safe_target, reduction="none"
             )
         per_elem = per_elem * present
-        return per_elem.sum() / count.clamp(min=1)
+        loss = per_elem.sum() / count.clamp(min=1)
+        if kind == "regression":
+            error = (pred.detach().float() - safe_target.float()) * present
+            squared = per_elem.detach().sum()
+            stats = torch.stack([count.float(), squared, error.abs().sum()])
+        else:
+            stats = class_statistics(
+                pred.detach(), safe_target, kind, self.spec.num_outputs, present
+            )
+        return loss, stats
 
-    def metric_inputs(
-        self, pred: Tensor, target: Tensor, mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor] | None:
-        """(pred, target) restricted to labelled samples for torchmetrics; None if none labelled."""
-        if self.spec.kind == "regression" and target.dim() == 2 and pred.dim() == 1:
-            target = target.reshape(-1)
-        present = self.labelled(target, mask)
-        pred = pred.detach().float()
-        if self.spec.kind == "multilabel":
-            rows = present.any(dim=1)
-            target = torch.where(present, target, torch.full_like(target, IGNORE_INDEX))
-            if not rows.any():
-                return None
-            return pred[rows], target[rows].long()
-        if self.spec.kind == "regression":
-            rows = present if present.dim() == 1 else present.all(dim=1)
-            if not rows.any():
-                return None
-            return pred[rows], target[rows].float()
-        if not present.any():
-            return None
-        return pred[present], target[present].long()
+    def _evaluate_fast(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        kind = self.spec.kind
+        num_outputs = self.spec.num_outputs
+        if kind == "regression":
+            p, t = pred.float(), target.float()
+            loss = F.mse_loss(p, t)
+            n = t.numel()
+            absolute = F.l1_loss(p.detach(), t, reduction="sum")
+            stats = torch.stack([torch.full_like(absolute, n), loss.detach() * n, absolute])
+            return loss, stats
+        if kind == "multiclass":
+            # labels outside 0..C-1 become "missing" here (never an index error, which on an
+            # accelerator is a device assert); the probe reports them after the step's read
+            target = target.long()
+            valid = (target >= 0) & (target < num_outputs)
+            safe_target = torch.where(valid, target, IGNORE_INDEX)
+            loss = F.cross_entropy(pred.float(), safe_target, ignore_index=IGNORE_INDEX)
+            stats = class_statistics(pred.detach(), safe_target, kind, num_outputs, valid)
+            return loss, stats
+        loss = F.binary_cross_entropy_with_logits(pred.float(), target.float())
+        return loss, class_statistics(pred.detach(), target, kind, num_outputs, None)
+
+    def loss(self, pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Mean loss over labelled entries; exactly ``0 * pred.sum()`` when none is labelled
+        (:meth:`evaluate` without the statistics)."""
+        return self.evaluate(pred, target, mask)[0]
 
     def baseline_loss(self) -> float | None:
         """Loss of an uninformed predictor where known: log C for C-class cross-entropy."""

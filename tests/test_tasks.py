@@ -69,7 +69,7 @@ def test_unlabelled_batch_gives_zero_loss_and_zero_grad(
     assert loss.item() == 0.0 and not math.isnan(loss.item())
     loss.backward()
     assert all(p.grad is not None and torch.all(p.grad == 0) for p in task.parameters())
-    assert task.metric_inputs(pred, target) is None
+    assert task.evaluate(pred.detach(), target)[1][0].item() == 0  # no labelled entry counted
 
 
 def test_binary_and_multilabel_losses() -> None:
@@ -84,12 +84,92 @@ def test_binary_and_multilabel_losses() -> None:
     assert ml.loss(pred, target).item() == pytest.approx(math.log(2), rel=1e-5)
 
 
-def test_metric_inputs_keep_only_labelled_samples() -> None:
+def test_statistics_count_only_labelled_entries() -> None:
     task = make("regression")
     pred = torch.arange(4.0)
-    target = torch.tensor([0.0, float("nan"), 2.0, float("nan")])
-    p, t = task.metric_inputs(pred, target)  # type: ignore[misc]
-    assert p.tolist() == [0.0, 2.0] and t.tolist() == [0.0, 2.0]
+    target = torch.tensor([0.5, float("nan"), 1.0, float("nan")])
+    _, stats = task.evaluate(pred, target)
+    assert stats.tolist() == [2.0, 0.25 + 1.0, 0.5 + 1.0]  # count, squared, absolute errors
+
+
+CASES = [  # kind, num_outputs, a fully labelled target of 6 samples
+    ("regression", 1, torch.randn(6)),
+    ("regression", 3, torch.randn(6, 3)),
+    ("binary", 1, torch.tensor([0.0, 1.0, 1.0, 0.0, 1.0, 0.0])),
+    ("binary", 1, torch.tensor([0, 1, 1, 0, 1, 0])),
+    ("multiclass", 4, torch.tensor([0, 3, 1, 1, 2, 3])),
+    ("multilabel", 3, torch.randint(0, 2, (6, 3))),
+]
+
+
+@pytest.mark.parametrize(("kind", "num_outputs", "target"), CASES)
+def test_unmasked_path_equals_masked_path(
+    kind: str, num_outputs: int, target: torch.Tensor
+) -> None:
+    torch.manual_seed(0)
+    task = make(kind, num_outputs)
+    pred = task(torch.randn(6, 4))
+    assert task.fast_path_exact(task.probe(target).tolist(), target) is True
+    fast_loss, fast_stats = task.evaluate(pred, target, fast=True)
+    loss, stats = task.evaluate(pred, target)
+    assert fast_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert torch.allclose(fast_stats, stats, rtol=1e-6)
+    assert fast_stats.shape == (task.statistics_size,)
+    (g_fast,) = torch.autograd.grad(fast_loss, pred)
+    (g,) = torch.autograd.grad(loss, pred)
+    assert torch.allclose(g_fast, g, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("kind", "num_outputs", "target"),
+    [
+        ("regression", 1, torch.tensor([1.0, float("nan")])),
+        ("binary", 1, torch.tensor([1.0, float("nan")])),
+        ("binary", 1, torch.tensor([1, IGNORE_INDEX])),
+        ("multiclass", 3, torch.tensor([IGNORE_INDEX, IGNORE_INDEX])),
+        ("multiclass", 3, torch.tensor([2, IGNORE_INDEX])),
+        ("multilabel", 2, torch.tensor([[1, IGNORE_INDEX], [0, 1]])),
+        ("regression", 1, torch.zeros(0)),
+    ],
+)
+def test_missing_labels_are_exact_on_the_fast_path_or_sent_back(
+    kind: str, num_outputs: int, target: torch.Tensor
+) -> None:
+    """The fast path is either exact (multiclass: cross-entropy ignores -100) or flagged: by the
+    probe or by a non-finite loss; the module then redoes the task on the masked path."""
+    task = make(kind, num_outputs)
+    pred = task(torch.randn(target.shape[0], 4))
+    fast_loss, fast_stats = task.evaluate(pred, target, fast=True)
+    exact = task.fast_path_exact(task.probe(target).tolist(), target)
+    if exact and math.isfinite(fast_loss.item()):
+        loss, stats = task.evaluate(pred, target)
+        assert fast_loss.item() == pytest.approx(loss.item(), rel=1e-6)
+        assert torch.allclose(fast_stats, stats)
+    else:
+        assert kind != "multiclass" or target.eq(IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize(
+    ("kind", "num_outputs", "target", "match"),
+    [
+        ("multiclass", 3, torch.tensor([0, 3]), r"label 3 in the batch; labels must be class"),
+        ("multiclass", 3, torch.tensor([0, -5]), r"label -5 in the batch"),
+        ("multiclass", 3, torch.tensor([IGNORE_INDEX, 7]), r"label 7"),
+        ("binary", 1, torch.tensor([0.0, 2.0]), r"label 2 in the batch; labels must be 0 or 1"),
+        ("binary", 1, torch.tensor([0.0, 0.5]), r"label 0.5 in the batch"),
+        ("binary", 1, torch.tensor([float("nan"), 0.5]), r"label 0.5 in the batch"),
+        ("multilabel", 2, torch.tensor([[0, 1], [2, 0]]), r"label 2"),
+    ],
+)
+def test_invalid_label_values_name_the_task_and_the_value(
+    kind: str, num_outputs: int, target: torch.Tensor, match: str
+) -> None:
+    task = make(kind, num_outputs)
+    pred = task(torch.randn(target.shape[0], 4))
+    with pytest.raises(ValueError, match=match) as info:
+        fast = task.fast_path_exact(task.probe(target).tolist(), target)
+        task.evaluate(pred, target, fast=fast)
+    assert "task 't'" in str(info.value)
 
 
 @pytest.mark.parametrize(
@@ -106,9 +186,8 @@ def test_bad_target_errors_name_the_task(
     kind: str, num_outputs: int, target: torch.Tensor, error: type, match: str
 ) -> None:
     task = make(kind, num_outputs)
-    pred = task(torch.randn(4, 4))
     with pytest.raises(error, match=match) as info:
-        task.check_target(pred, target)
+        task.check_target(target, 4)
     assert "task 't'" in str(info.value)
 
 

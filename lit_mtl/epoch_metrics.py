@@ -1,0 +1,78 @@
+"""Every task's epoch loss and metrics, accumulated as one vector per step.
+
+:class:`EpochTaskMetrics` keeps, for one stage, the batch-size-weighted sum of the T task losses
+and the sum of the tasks' statistics vectors (:mod:`lit_mtl.functional.task_metrics`). A step
+costs three in-place additions for all tasks together, with no host read; the metrics are
+computed once, at the end of the epoch, after one all-reduce (sum) of the packed state across
+DDP ranks, so the epoch values are those of the whole distributed epoch, identical on every rank.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from lit_mtl.engines.distributed import all_reduce_sum
+from lit_mtl.functional.task_metrics import metrics_from_statistics
+from lit_mtl.tasks import TaskSpec
+
+__all__ = ["EpochTaskMetrics"]
+
+
+class EpochTaskMetrics(nn.Module):
+    """Epoch aggregates of T tasks: ``{"task/loss": ..., "task/metric": ...}`` from
+    :meth:`compute`.
+
+    Args:
+        specs: the tasks, in the order of the losses and statistics given to :meth:`update`.
+        statistics_sizes: length of each task's statistics vector.
+
+    ``task/loss`` is the batch-size-weighted mean of the task's batch losses (as Lightning's
+    ``self.log(..., batch_size=n)`` epoch mean, synchronised); a task's metrics are absent when
+    none of its entries was labelled in the epoch. The state is not saved in checkpoints (as
+    torchmetrics' states): a run resumed mid-epoch reports that epoch from the resumed batches.
+    """
+
+    def __init__(self, specs: Sequence[TaskSpec], statistics_sizes: Sequence[int]) -> None:
+        super().__init__()
+        self.specs = list(specs)
+        self.sizes = [int(s) for s in statistics_sizes]
+        if len(self.sizes) != len(self.specs):
+            raise ValueError("EpochTaskMetrics: one statistics size per task")
+        num_tasks, total = len(self.specs), sum(self.sizes)
+        self.register_buffer("loss_sums", torch.zeros(num_tasks, dtype=torch.float64), False)
+        self.register_buffer("samples", torch.zeros((), dtype=torch.float64), False)
+        self.register_buffer("totals", torch.zeros(total, dtype=torch.float64), False)
+        self.updates = 0  # on this rank, since the last reset
+
+    def update(self, losses: Tensor, statistics: Tensor, batch_size: int) -> None:
+        """Add one batch: its (T,) task losses, its concatenated statistics, its size."""
+        self.loss_sums.add_(losses.detach().to(torch.float64), alpha=batch_size)
+        self.samples.add_(batch_size)
+        self.totals.add_(statistics.detach().to(torch.float64))
+        self.updates += 1
+
+    def reset(self) -> None:
+        for state in (self.loss_sums, self.samples, self.totals):
+            state.zero_()
+        self.updates = 0
+
+    def compute(self) -> dict[str, Tensor]:
+        """The epoch's values over all ranks (every rank must call it: one all-reduce)."""
+        packed = torch.cat([self.loss_sums, self.samples.reshape(1), self.totals])
+        packed = all_reduce_sum(packed)
+        num_tasks = len(self.specs)
+        loss_sums, samples = packed[:num_tasks], packed[num_tasks]
+        totals = packed[num_tasks + 1 :]
+        values: dict[str, Tensor] = {}
+        offset = 0
+        for i, (spec, size) in enumerate(zip(self.specs, self.sizes, strict=True)):
+            if samples > 0:
+                values[f"{spec.name}/loss"] = loss_sums[i] / samples
+            stats = totals[offset : offset + size]
+            offset += size
+            for name, value in metrics_from_statistics(spec.kind, spec.num_outputs, stats).items():
+                values[f"{spec.name}/{name}"] = value
+        return values
