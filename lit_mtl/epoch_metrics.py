@@ -49,9 +49,9 @@ class EpochTaskMetrics(nn.Module):
 
     def update(self, losses: Tensor, statistics: Tensor, batch_size: int) -> None:
         """Add one batch: its (T,) task losses, its concatenated statistics, its size."""
-        self.loss_sums.add_(losses.detach().to(torch.float64), alpha=batch_size)
+        self.loss_sums.add_(losses.detach(), alpha=batch_size)  # promoted to float64 in place
         self.samples.add_(batch_size)
-        self.totals.add_(statistics.detach().to(torch.float64))
+        self.totals.add_(statistics.detach())
         self.updates += 1
 
     def reset(self) -> None:

@@ -90,9 +90,9 @@ class MultiTaskModule(L.LightningModule):
     at each epoch's end ``{val,test}/{task}/loss`` (batch-size-weighted means) and
     ``{stage}/{task}/{metric}`` (mse and mae; acc and f1), synchronised across DDP ranks.
     A step pays for this once, not once per task: the metrics' sufficient statistics of all
-    tasks are summed in one vector on the device (:class:`~lit_mtl.epoch_metrics.
-    EpochTaskMetrics`), and the step's only host read is the task losses (with the class
-    labels' range check) that ``nonfinite_loss`` needs anyway.
+    tasks are summed in one vector on the device
+    (:class:`~lit_mtl.epoch_metrics.EpochTaskMetrics`), and the step's only host read is the
+    task losses (with the class labels' range check) that ``nonfinite_loss`` needs anyway.
 
     Training uses Lightning's automatic optimization, so ``precision``, ``strategy``,
     ``accumulate_grad_batches`` and ``gradient_clip_val`` work unchanged. The weighting is a
@@ -244,7 +244,7 @@ class MultiTaskModule(L.LightningModule):
             pred = task(z if head_inputs is None else head_inputs[i])  # (N,) or (N, d)
             mask = masks.get(name)
             loss, stats = task.evaluate(pred, targets[name], mask, fast=mask is None)
-            if mask is None:
+            if mask is None and task.probe_size:
                 probes.append(task.probe(targets[name]))
             preds.append(pred)
             losses.append(loss)  # scalar, 0 when unlabelled
@@ -255,8 +255,9 @@ class MultiTaskModule(L.LightningModule):
         for i, (name, task) in enumerate(self.tasks.items()):
             if masks.get(name) is not None:
                 continue
-            probe = values[probe_at : probe_at + task.probe_size]
-            probe_at += task.probe_size
+            size = task.probe_size
+            probe = values[probe_at : probe_at + size]
+            probe_at += size
             if not task.fast_path_exact(probe, targets[name]) or not math.isfinite(values[i]):
                 redo.append((i, name, task))
         for i, name, task in redo:  # missing labels: the masked path, from the same prediction

@@ -29,6 +29,8 @@ def stack_losses(losses: Tensor | Sequence[Tensor]) -> Tensor:
             raise ValueError(f"losses must be a (T,) tensor, got shape {tuple(losses.shape)}")
         return losses.float()
     items = list(losses)
+    if all(isinstance(t, Tensor) and t.dim() == 0 and t.dtype == torch.float32 for t in items):
+        return torch.stack(items)  # the usual case: float32 scalars
     for i, item in enumerate(items):
         if not isinstance(item, Tensor) or item.numel() != 1:
             raise ValueError(f"losses[{i}] must be a scalar tensor, got {item!r}")

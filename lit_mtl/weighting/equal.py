@@ -21,7 +21,9 @@ class EqualWeighting(Weighting):
     """
 
     def combine(self, ctx: StepContext) -> Tensor:
-        return self._weighted_sum(torch.ones_like(ctx.stacked), ctx.stacked, ctx.present)
+        weights = ctx.present.to(ctx.stacked.dtype)  # 1 where present, 0 where absent
+        self.last_weights = weights
+        return (ctx.stacked * weights).sum()
 
 
 class StaticWeighting(Weighting):
