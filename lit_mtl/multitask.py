@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import pickle
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from pathlib import Path
+from typing import IO, Any, Literal, NamedTuple, TypeVar
 
 import lightning as L
 import torch
@@ -14,6 +16,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from lit_mtl.checkpoints import check_checkpoint_file, unsafe_error
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
 from lit_mtl.epoch_metrics import EpochTaskMetrics
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec
@@ -50,6 +53,9 @@ def unpack_batch(batch: Batch) -> tuple[Tensor, Mapping[str, Tensor], Mapping[st
         f"'targets'; got {type(batch).__name__}"
         + (f" of length {len(batch)}" if isinstance(batch, list | tuple) else "")
     )
+
+
+_Module = TypeVar("_Module", bound="MultiTaskModule")
 
 
 class _TaskLosses(NamedTuple):
@@ -176,6 +182,38 @@ class MultiTaskModule(L.LightningModule):
         self.nonfinite_loss = nonfinite_loss
         self.lr_scheduler_monitor = lr_scheduler_monitor
         self.plots = bool(plots)
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls: type[_Module],
+        checkpoint_path: str | Path | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool = True,
+        **kwargs: Any,
+    ) -> _Module:
+        """Lightning's ``load_from_checkpoint``, with ``weights_only=True`` always (a pickled
+        object in the file never runs, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says) and
+        errors that name the file (missing, empty, truncated, not a checkpoint, unsafe)."""
+        if not weights_only:
+            raise ValueError(
+                "load_from_checkpoint(weights_only=False): lit_mtl reads checkpoints with "
+                "weights_only=True only (a pickled object in a checkpoint would run code)"
+            )
+        if isinstance(checkpoint_path, str | Path) and "://" not in str(checkpoint_path):
+            check_checkpoint_file(checkpoint_path, "checkpoint")
+        try:
+            return super().load_from_checkpoint(  # type: ignore[misc]
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=True,
+                **kwargs,
+            )
+        except pickle.UnpicklingError as err:
+            raise unsafe_error(Path(str(checkpoint_path)), "checkpoint", err) from err
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -440,6 +478,15 @@ class MultiTaskModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": self.lr_scheduler_monitor},
         }
+
+    def on_fit_end(self) -> None:
+        trainer = self.trainer
+        if trainer.global_step == 0 and trainer.num_training_batches == 0:
+            if trainer.limit_train_batches != 0:  # not a deliberate "no training"
+                raise ValueError(
+                    "fit ended without a training step: the training dataloader has no batches "
+                    "(an empty training split?)"
+                )
 
     def on_train_epoch_start(self) -> None:
         self.epoch_metrics["train_metrics"].reset()

@@ -98,7 +98,7 @@ def test_cli_checkpoint_restores_without_arguments(tmp_path: Path) -> None:
             f"--trainer.default_root_dir={tmp_path}",
         ]
     )
-    (ckpt,) = list(tmp_path.rglob("*.ckpt"))
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"  # every CLI run saves a last checkpoint there
     restored = MultiTaskModule.load_from_checkpoint(ckpt)
     assert torch.equal(restored.weighting.log_vars, cli.model.weighting.log_vars)
     assert restored.task_names == cli.datamodule.task_names

@@ -48,6 +48,11 @@ class SplitDataModule(L.LightningDataModule):
         if not self.datasets:
             self.setup()
         dataset = self.datasets[split]
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise ValueError(
+                f"{type(self).__name__}: the {split} split is empty (0 samples); check the "
+                "DataModule's split sizes, class subset and labels_per_class"
+            )
         return DataLoader(
             dataset,
             batch_size=int(self.batch_size),

@@ -86,23 +86,61 @@ def _torchvision_dataset(
     flag = "--data.init_args.download=true"
     try:
         return cls(root=root, download=download, transform=transform, **split_kwargs)
-    except RuntimeError as err:
-        text = str(err)
-        if "not found" in text.lower() or "corrupted" in text.lower():
-            raise FileNotFoundError(
-                f"{name} ({'train' if train else 'test'} split) not found or corrupted under "
-                f"root={root!r}. Pass download=True ({flag}) to fetch it, or place torchvision's "
-                f"{cls.__name__} files there. torchvision said: {text}"
-            ) from err
-        raise OSError(
-            f"{name}: cannot read the files under root={root!r} (partial or corrupt download?): "
-            f"{err}. Delete them and pass download=True ({flag})."
-        ) from err
-    except (ValueError, EOFError, OSError, KeyError) as err:
-        raise OSError(
-            f"{name}: cannot read the files under root={root!r} (partial or corrupt download?): "
-            f"{err}. Delete them and pass download=True ({flag})."
-        ) from err
+    except Exception as err:
+        if download:
+            raise download_error(name, root, err) from err
+        if not isinstance(err, RuntimeError | ValueError | EOFError | OSError | KeyError):
+            raise
+        raise _read_error(name, root, train, cls, flag, err) from err
+
+
+def download_error(name: str, root: str, err: BaseException) -> OSError:
+    """What a failed ``download=True`` says: no network, a checksum mismatch, or a partial file;
+    and what to do about it."""
+    chain, current = [], err
+    while current is not None and current not in chain:
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    text = " | ".join(f"{type(e).__name__}: {e}" for e in chain)
+    if any(
+        isinstance(e, ConnectionError | TimeoutError)
+        or "urlopen" in str(e)
+        or type(e).__name__ in ("URLError", "HTTPError", "gaierror")
+        for e in chain
+    ):
+        what = (
+            "the download failed: no network connection (or the server refused it). Retry "
+            "where the network is reachable, or fetch the files elsewhere and place them under "
+            "root with download=False"
+        )
+    elif any(w in text.lower() for w in ("md5", "checksum", "integrity")):
+        what = (
+            "the downloaded files do not match their published checksums (a changed mirror or a "
+            "corrupted transfer). Delete them under root and retry"
+        )
+    else:
+        what = (
+            "the files under root could not be read after the download (a partial download?). "
+            "Delete them and retry"
+        )
+    return OSError(f"{name}: download=True, root={root!r}: {what}. Cause: {text[:400]}")
+
+
+def _read_error(name: str, root: str, train: bool, cls: Any, flag: str, err: Exception) -> OSError:
+    """What a failed read with ``download=False`` says: absent files, or unreadable ones."""
+    text = str(err)
+    if isinstance(err, RuntimeError) and (
+        "not found" in text.lower() or "corrupted" in text.lower()
+    ):
+        return FileNotFoundError(
+            f"{name} ({'train' if train else 'test'} split) not found or corrupted under "
+            f"root={root!r}. Pass download=True ({flag}) to fetch it, or place torchvision's "
+            f"{cls.__name__} files there. torchvision said: {text}"
+        )
+    return OSError(
+        f"{name}: cannot read the files under root={root!r} (partial or corrupt download?): "
+        f"{err}. Delete them and pass download=True ({flag})."
+    )
 
 
 def _without_checksums(cls: Any) -> Any:

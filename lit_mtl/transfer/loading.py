@@ -17,15 +17,15 @@ few of each, with counts).
 from __future__ import annotations
 
 import logging
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
+from lit_mtl.checkpoints import UnsafeCheckpointError, check_checkpoint_file, read_checkpoint
 
 __all__ = [
     "CheckpointMismatchError",
@@ -39,10 +39,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 _WRAPPER = re.compile(r"(^|\.)(module|_orig_mod)\.")
 _SHOW = 5
-
-
-class UnsafeCheckpointError(ValueError):
-    """The file holds pickled objects that only full (unsafe) unpickling could restore."""
 
 
 class CheckpointMismatchError(KeyError):
@@ -78,11 +74,7 @@ def _strip_wrappers(key: str) -> str:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Read a tensor dict from a .ckpt / .pt / .pth / .bin / .safetensors file (safely)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"source checkpoint {str(path)!r} does not exist")
-    if path.is_dir():
-        raise IsADirectoryError(f"source checkpoint {str(path)!r} is a directory, not a file")
+    path = check_checkpoint_file(path, "source checkpoint")
     if path.suffix == ".safetensors":
         try:
             from safetensors.torch import load_file
@@ -92,22 +84,7 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             return dict(load_file(str(path)))
         except Exception as err:
             raise ValueError(f"{str(path)!r} is not a readable safetensors file: {err}") from err
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
-            raise UnsafeCheckpointError(
-                f"{str(path)!r} contains pickled Python objects that torch.load(weights_only=True) "
-                "refuses to rebuild (loading them would run code from the file). If you trust "
-                "the file, convert it once in a separate process: obj = torch.load(path, "
-                "weights_only=False); torch.save(obj.state_dict() if hasattr(obj, 'state_dict') "
-                f"else obj['state_dict'], 'converted.pt'). torch said: {str(err)[:300]}"
-            ) from err
-        raise ValueError(f"{str(path)!r} is corrupt or not a PyTorch file: {err}") from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise ValueError(
-            f"{str(path)!r} is truncated, corrupt or not a PyTorch checkpoint: {err}"
-        ) from err
+    obj = read_checkpoint(path, "source checkpoint")
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model"):
             if key in obj and isinstance(obj[key], Mapping):

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from lit_mtl.checkpoints import file_sha256
 from lit_mtl.multitask import MultiTaskModule
 from lit_mtl.tasks import TaskSpec
 from lit_mtl.transfer.l2sp import is_l2sp_weight, l2sp_penalty
@@ -19,6 +22,8 @@ from lit_mtl.transfer.schedule import UnfreezeSchedule, UnfreezeScheduleCallback
 from lit_mtl.weighting import Weighting
 
 __all__ = ["TransferModule", "resolve_layer_groups"]
+
+log = logging.getLogger(__name__)
 
 
 def resolve_layer_groups(
@@ -76,8 +81,10 @@ class TransferModule(MultiTaskModule):
     weighting's. The schedule is applied by an :class:`UnfreezeScheduleCallback` this module
     returns from ``configure_callbacks``; its state is a function of the epoch, so resuming
     restores it. The load report is in :attr:`load_report`. The source is read when the module
-    is built, so restoring a TransferModule checkpoint (``load_from_checkpoint`` or a resumed
-    fit) needs the source file too; its weights are then overwritten by the checkpoint's.
+    is built; a checkpoint holds every weight, so restoring one (``load_from_checkpoint`` or a
+    resumed fit) does not need the source file: when it is gone, the module starts without it,
+    and only a run that is not restored from a checkpoint raises ``FileNotFoundError``. The
+    source's path and SHA-256 are kept in :attr:`source_provenance` and in the checkpoint.
     """
 
     def __init__(
@@ -101,7 +108,16 @@ class TransferModule(MultiTaskModule):
     ) -> None:
         super().__init__(encoder=encoder, tasks=tasks, weighting=weighting, **kwargs)
         self.load_report: LoadReport | None = None
-        if source:
+        #: where the source weights came from: ``{"path": ..., "sha256": ...}`` (also in the
+        #: checkpoint, under ``"lit_mtl_source"``)
+        self.source_provenance: dict[str, str] | None = None
+        self._source_pending: str | None = None
+        if source and not Path(source).exists():
+            # restoring a checkpoint needs no source (its weights are in the checkpoint);
+            # starting without a checkpoint raises at fit/validate/test start
+            self._source_pending = str(source)
+            log.info("TransferModule: source %r not found; expecting a checkpoint restore", source)
+        elif source:
             self.load_report = load_source_into(
                 self.encoder,
                 source,
@@ -110,6 +126,8 @@ class TransferModule(MultiTaskModule):
                 skip=source_skip or (),
                 strict=strict,
             )
+            self.source_provenance = {"path": str(source), "sha256": file_sha256(source)}
+        self._restored = False
         if isinstance(schedule, dict):
             schedule = UnfreezeSchedule(**schedule)
         self.schedule = schedule or UnfreezeSchedule()
@@ -141,6 +159,46 @@ class TransferModule(MultiTaskModule):
             warmup_steps=self.warmup_steps,
             train_bn=self.train_bn,
         )
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.source_provenance is not None:
+            checkpoint["lit_mtl_source"] = dict(self.source_provenance)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Everything comes from the checkpoint: the L2-SP anchors (registered here when the
+        source was not read) and the source's provenance."""
+        self._restored = True
+        self.source_provenance = checkpoint.get("lit_mtl_source", self.source_provenance)
+        prefix = "l2sp_anchor__"
+        for key, value in checkpoint.get("state_dict", {}).items():
+            if key.startswith(prefix) and not hasattr(self, key):
+                self.register_buffer(key, torch.empty_like(value, device=self.device))
+                self._anchor_names.append(key[len(prefix) :].replace("__", "."))
+
+    def _require_weights(self) -> None:
+        if self._source_pending is not None and not self._restored:
+            raise FileNotFoundError(
+                f"TransferModule: source {self._source_pending!r} does not exist (resolved from "
+                f"{str(Path.cwd())!r}); the source is needed to start a run, not to resume one "
+                "(--ckpt_path / ckpt_path=...) or to load a checkpoint (load_from_checkpoint)"
+            )
+
+    def on_fit_start(self) -> None:
+        self._require_weights()
+        super().on_fit_start()
+
+    def on_validation_start(self) -> None:
+        self._require_weights()
+        super().on_validation_start()
+
+    def on_test_start(self) -> None:
+        self._require_weights()
+        super().on_test_start()
+
+    def on_predict_start(self) -> None:
+        self._require_weights()
+        super().on_predict_start()
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict]:
