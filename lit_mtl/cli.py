@@ -108,6 +108,10 @@ class MultiTaskCLI(LightningCLI):
         ckpt_path = config.get("ckpt_path")
         if not ckpt_path:
             return
+        # resuming writes into the run's own checkpoint folder: expected, not worth a warning
+        warnings.filterwarnings(
+            "ignore", message=r"Checkpoint directory .* exists and is not empty"
+        )
         if ckpt_path == "last":
             ckpt_path = self._last_checkpoint()
             config["ckpt_path"] = ckpt_path

@@ -263,3 +263,36 @@ def test_trainer_runs_are_quiet_of_lightning_tips(tmp_path: Path) -> None:
     out = lit_mtl("fit", "--config", QUICK, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
     assert out.returncode == 0
     assert "Tip" not in out.stderr and "deprecated" not in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "kill_step"),
+    [("upgrad", 10), ("transfer", 4), ("transfer", 10)],  # transfer: frozen / warming up
+)
+def test_sigkill_mid_epoch_then_resume_from_last_is_bit_identical(
+    tmp_path: Path, method: str, kill_step: int
+) -> None:
+    script = Path(__file__).parent / "scripts" / "killed_run.py"
+
+    def run(mode: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(script), mode, method, str(tmp_path), str(kill_step)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    full = run("full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = run("killed")
+    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: no cleanup ran
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == kill_step - 1  # the newest checkpoint, mid-epoch
+    resumed = run("resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = torch.load(tmp_path / "final_full.pt", weights_only=True)
+    actual = torch.load(tmp_path / "final_resume.pt", weights_only=True)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key

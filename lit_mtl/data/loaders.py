@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["EpochSeededSampler", "SplitDataModule"]
+__all__ = ["EpochSeededSampler", "ResumableDataLoader", "SplitDataModule"]
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -20,16 +22,38 @@ class EpochSeededSampler(Sampler[int]):
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.epoch = 0
+        self._skip: tuple[int, int] | None = None  # (epoch, samples already seen in it)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def skip(self, epoch: int, samples: int) -> None:
+        """The next iteration, if it is of ``epoch``, starts after its first ``samples``
+        indices (a run resumed mid-epoch continues where the checkpoint left off)."""
+        self._skip = (int(epoch), int(samples))
+
     def __iter__(self):  # type: ignore[no-untyped-def]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.num_samples, generator=gen).tolist())
+        order = torch.randperm(self.num_samples, generator=gen).tolist()
+        skip, self._skip = self._skip, None
+        if skip is not None and skip[0] == self.epoch:
+            order = order[skip[1] :]
+        return iter(order)
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose mid-epoch position is restored by its DataModule
+    (:meth:`SplitDataModule.load_state_dict` makes the sampler skip the batches already trained
+    on). Its own ``state_dict`` is empty; having one tells Lightning the loader resumes."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore here: the DataModule's state holds the position."""
 
 
 class SplitDataModule(L.LightningDataModule):
@@ -43,20 +67,58 @@ class SplitDataModule(L.LightningDataModule):
     pin_memory: bool = False
     persistent_workers: bool = False
     seed: int = 0
+    #: (epoch, training batches consumed in it), saved in checkpoints
+    _consumed: tuple[int, int] = (-1, 0)
+    _resume_at: tuple[int, int] | None = None
+
+    # ------------------------------------------------------------------ mid-epoch resume
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the training batches the model consumed in the current epoch (here, not in
+        the sampler: loaders and Lightning fetch ahead of what is consumed)."""
+        trainer = self.trainer  # None outside a Trainer
+        if trainer is not None and trainer.training:
+            epoch, count = self._consumed
+            epoch_now = trainer.current_epoch
+            self._consumed = (epoch_now, count + 1 if epoch == epoch_now else 1)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        epoch, batches = self._consumed
+        return {"train_epoch": epoch, "train_batches": batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """A checkpoint written mid-epoch: the resumed run's training loader skips the batches
+        of that epoch the checkpointed run already trained on (same order: the sampler is a
+        function of (seed, epoch)), so the resumed run is the uninterrupted one."""
+        epoch, batches = int(state_dict["train_epoch"]), int(state_dict["train_batches"])
+        self._consumed = (epoch, batches)
+        self._resume_at = (epoch, batches) if epoch >= 0 else None
+
+    def optional_splits(self) -> tuple[str, ...]:
+        """Splits that may be empty by the user's choice (e.g. ``val_fraction=0``); any other
+        empty split is an error naming the DataModule and the split."""
+        return ("val",) if getattr(self, "val_fraction", None) == 0 else ()
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if not self.datasets:
             self.setup()
         dataset = self.datasets[split]
         if len(dataset) == 0:  # type: ignore[arg-type]
+            if split in self.optional_splits():
+                return []  # type: ignore[return-value]  # no loader: Lightning skips the stage
             raise ValueError(
                 f"{type(self).__name__}: the {split} split is empty (0 samples); check the "
                 "DataModule's split sizes, class subset and labels_per_class"
             )
-        return DataLoader(
+        sampler = EpochSeededSampler(len(dataset), int(self.seed)) if shuffle else None
+        if sampler is not None and self._resume_at is not None:
+            epoch, batches = self._resume_at
+            sampler.skip(epoch, batches * int(self.batch_size))
+            self._resume_at = None
+        return ResumableDataLoader(
             dataset,
             batch_size=int(self.batch_size),
-            sampler=EpochSeededSampler(len(dataset), int(self.seed)) if shuffle else None,
+            sampler=sampler,
             num_workers=int(self.num_workers),
             pin_memory=bool(self.pin_memory),
             persistent_workers=bool(self.persistent_workers) and int(self.num_workers) > 0,

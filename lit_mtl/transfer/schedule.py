@@ -145,6 +145,7 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
         self._hooks: list[Any] = []
         self._saved: list[float] = []
         self._steps_per_epoch = 1
+        self._prepared_epoch: int | None = None  # the epoch whose freezing is in place
         self.events: list[tuple[int, list[str]]] = []
 
     # ------------------------------------------------------------------ pure state
@@ -218,17 +219,25 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
             g["lr"] = lr
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._prepared_epoch = None
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _prepare_epoch(self, trainer: L.Trainer) -> list[str]:
+        """Steps per epoch and the epoch's freezing. Run at the epoch's start, and at the first
+        batch of a run resumed mid-epoch (Lightning does not call ``on_train_epoch_start``
+        there, and the restored module is not frozen yet)."""
         batches = trainer.num_training_batches
         if batches != float("inf"):
             per_epoch = int(batches) // max(1, trainer.accumulate_grad_batches)
             self._steps_per_epoch = max(1, per_epoch)
+        self._prepared_epoch = trainer.current_epoch
+        return self._apply_freezing(trainer, trainer.current_epoch)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
-        trainable = self._apply_freezing(trainer, epoch)
+        trainable = self._prepare_epoch(trainer)
         previous = self.schedule.trainable(epoch - 1, self.group_names) if epoch > 0 else []
         newly = [g for g in trainable if g not in previous]
         if newly or epoch == 0:
@@ -245,6 +254,8 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
+        if self._prepared_epoch != trainer.current_epoch:
+            self._prepare_epoch(trainer)  # resumed mid-epoch
         # re-assert every step: validation switches modes in between
         trainable = self.schedule.trainable(trainer.current_epoch, self.group_names)
         for name, modules in self.layer_groups.items():
