@@ -296,3 +296,24 @@ def test_sigkill_mid_epoch_then_resume_from_last_is_bit_identical(
     assert expected.keys() == actual.keys()
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+
+
+def test_cli_transfer_resumes_with_its_source_moved_away(tmp_path: Path) -> None:
+    source_config = str(ROOT / "configs" / "digits_source.yaml")
+    transfer_config = str(ROOT / "configs" / "digits_transfer.yaml")
+    out = lit_mtl("fit", "--config", source_config, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = lit_mtl("fit", "--config", transfer_config, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    source = tmp_path / "checkpoints" / "digits_source" / "source.ckpt"
+    source.rename(tmp_path / "elsewhere.ckpt")  # the source is gone
+    resumed = lit_mtl(
+        "fit", "--config", transfer_config, "--trainer.max_epochs=2", *FAST, "--ckpt_path", "last",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    fresh = lit_mtl("fit", "--config", transfer_config, *FAST, cwd=tmp_path)
+    assert fresh.returncode == 1
+    assert "FileNotFoundError: TransferModule: source 'checkpoints/digits_source/source.ckpt'" in (
+        fresh.stderr
+    )
