@@ -317,3 +317,20 @@ def test_cli_transfer_resumes_with_its_source_moved_away(tmp_path: Path) -> None
     assert "FileNotFoundError: TransferModule: source 'checkpoints/digits_source/source.ckpt'" in (
         fresh.stderr
     )
+
+
+def test_download_errors_say_what_failed() -> None:
+    from lit_mtl.data.vision import download_error
+
+    checksum = download_error("svhn", "data", RuntimeError("File not found or corrupted."))
+    assert "partial download" in str(checksum)
+    mismatch = download_error("cifar10", "data", RuntimeError("md5 of cifar.tar.gz does not match"))
+    assert "checksums" in str(mismatch) and "Delete them under root and retry" in str(mismatch)
+    try:
+        try:
+            raise ConnectionResetError("reset by peer")
+        except ConnectionResetError as inner:
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz") from inner
+    except RuntimeError as outer:
+        offline = download_error("mnist", "data", outer)
+    assert "no network connection" in str(offline) and "reset by peer" in str(offline)

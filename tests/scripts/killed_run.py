@@ -30,66 +30,74 @@ from lit_mtl import (
     UPGrad,
 )
 
-warnings.filterwarnings("ignore")
-mode, method, out, kill_step = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
-source = out / "source.pt"
-if method == "transfer" and not source.exists():  # the same source for every run
-    torch.manual_seed(123)
-    torch.save(MLPEncoder(8, [16, 16], batch_norm=True).state_dict(), source)
-L.seed_everything(0)
-dm = SyntheticDataModule(
-    in_features=8,
-    regression_scales=[1.0, 5.0],
-    regression_noise=[0.1, 0.5],
-    num_classification_tasks=1,
-    num_classes=3,
-    num_train=256,
-    num_val=64,
-    num_test=64,
-    batch_size=32,
-    seed=0,
-)
-adam = functools.partial(torch.optim.Adam, lr=1e-2)
-if method == "upgrad":
-    model: MultiTaskModule = MultiTaskModule(
-        MLPEncoder(8, [16, 16]), dm.task_specs, UPGrad(target="representation"), optimizer=adam
+
+def main() -> None:
+    warnings.filterwarnings("ignore")
+    mode, method, out, kill_step = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+    source = out / "source.pt"
+    if method == "transfer" and not source.exists():  # the same source for every run
+        torch.manual_seed(123)
+        torch.save(MLPEncoder(8, [16, 16], batch_norm=True).state_dict(), source)
+    L.seed_everything(0)
+    dm = SyntheticDataModule(
+        in_features=8,
+        regression_scales=[1.0, 5.0],
+        regression_noise=[0.1, 0.5],
+        num_classification_tasks=1,
+        num_classes=3,
+        num_train=256,
+        num_val=64,
+        num_test=64,
+        batch_size=32,
+        seed=0,
     )
-else:
-    model = TransferModule(
-        MLPEncoder(8, [16, 16], batch_norm=True),
-        dm.task_specs,
-        source=str(source),
-        schedule=UnfreezeSchedule("freeze_unfreeze", epoch=1),
-        lr_decay=0.5,
-        warmup_steps=4,
-        optimizer=adam,
+    adam = functools.partial(torch.optim.Adam, lr=1e-2)
+    if method == "upgrad":
+        model: MultiTaskModule = MultiTaskModule(
+            MLPEncoder(8, [16, 16]), dm.task_specs, UPGrad(target="representation"), optimizer=adam
+        )
+    else:
+        model = TransferModule(
+            MLPEncoder(8, [16, 16], batch_norm=True),
+            dm.task_specs,
+            source=str(source),
+            schedule=UnfreezeSchedule("freeze_unfreeze", epoch=1),
+            lr_decay=0.5,
+            warmup_steps=4,
+            optimizer=adam,
+        )
+
+    class KillAt(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # type: ignore[no-untyped-def]
+            if trainer.global_step == kill_step:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    callbacks: list[L.Callback] = []
+    if mode != "full":
+        callbacks.append(
+            ModelCheckpoint(
+                out / "checkpoints", every_n_train_steps=3, save_top_k=-1, save_last=True
+            )
+        )
+    if mode == "killed":
+        callbacks.append(KillAt())
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=mode != "full",
+        callbacks=callbacks,
+        deterministic=True,
+    )
+    ckpt = str(out / "checkpoints" / "last.ckpt") if mode == "resume" else None
+    trainer.fit(model, dm, ckpt_path=ckpt)
+    torch.save(
+        {k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"final_{mode}.pt"
     )
 
 
-class KillAt(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # type: ignore[no-untyped-def]
-        if trainer.global_step == kill_step:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-
-callbacks: list[L.Callback] = []
-if mode != "full":
-    callbacks.append(
-        ModelCheckpoint(out / "checkpoints", every_n_train_steps=3, save_top_k=-1, save_last=True)
-    )
-if mode == "killed":
-    callbacks.append(KillAt())
-trainer = L.Trainer(
-    max_epochs=2,
-    accelerator="cpu",
-    devices=1,
-    logger=False,
-    enable_progress_bar=False,
-    enable_model_summary=False,
-    enable_checkpointing=mode != "full",
-    callbacks=callbacks,
-    deterministic=True,
-)
-ckpt = str(out / "checkpoints" / "last.ckpt") if mode == "resume" else None
-trainer.fit(model, dm, ckpt_path=ckpt)
-torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, out / f"final_{mode}.pt")
+if __name__ == "__main__":
+    main()
