@@ -97,3 +97,32 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             f"FAILED: the test suite wrote into the repository: {new[:20]}", red=True
         )
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def torchmetrics_reference(kind: str, num_outputs: int) -> dict[str, Any]:
+    """torchmetrics objects computing what lit_mtl logs for a task of this kind (the reference
+    the epoch metrics are tested against; -100 ignored)."""
+    from torchmetrics.classification import (
+        BinaryAccuracy,
+        BinaryF1Score,
+        MulticlassAccuracy,
+        MulticlassF1Score,
+        MultilabelAccuracy,
+        MultilabelF1Score,
+    )
+    from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
+
+    ignore = {"ignore_index": -100}
+    if kind == "regression":
+        return {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
+    if kind == "binary":
+        return {"acc": BinaryAccuracy(**ignore), "f1": BinaryF1Score(**ignore)}
+    if kind == "multiclass":
+        return {
+            "acc": MulticlassAccuracy(num_classes=num_outputs, average="micro", **ignore),
+            "f1": MulticlassF1Score(num_classes=num_outputs, average="macro", **ignore),
+        }
+    return {
+        "acc": MultilabelAccuracy(num_labels=num_outputs, **ignore),
+        "f1": MultilabelF1Score(num_labels=num_outputs, average="macro", **ignore),
+    }

@@ -12,18 +12,10 @@ import pytest
 import torch
 from lightning.pytorch.loggers.logger import Logger
 from torch.utils.data import DataLoader
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryF1Score,
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MultilabelAccuracy,
-    MultilabelF1Score,
-)
 
 from lit_mtl import IGNORE_INDEX, MLPEncoder, MultiTaskModule, MultiTaskTensorDataset, TaskSpec
 
-from conftest import fast_trainer
+from conftest import fast_trainer, torchmetrics_reference
 
 SPECS = [
     TaskSpec("reg", "regression", 2),
@@ -62,14 +54,10 @@ def module() -> MultiTaskModule:
 def reference(model: MultiTaskModule, data: MultiTaskTensorDataset, batches: list[list[int]]):  # type: ignore[no-untyped-def]
     """Per-task losses (batch-size-weighted mean of the batch losses) and metrics (torchmetrics
     over every labelled entry) computed directly."""
-    ignore = {"ignore_index": IGNORE_INDEX}
     metrics = {
-        "bin": {"acc": BinaryAccuracy(**ignore), "f1": BinaryF1Score(**ignore)},
-        "cls": {
-            "acc": MulticlassAccuracy(3, average="micro", **ignore),
-            "f1": MulticlassF1Score(3, average="macro", **ignore),
-        },
-        "multi": {"acc": MultilabelAccuracy(2, **ignore), "f1": MultilabelF1Score(2, **ignore)},
+        "bin": torchmetrics_reference("binary", 1),
+        "cls": torchmetrics_reference("multiclass", 3),
+        "multi": torchmetrics_reference("multilabel", 2),
     }
     loss_sums = dict.fromkeys(model.task_names, 0.0)
     squared, absolute, count = 0.0, 0.0, 0

@@ -4,35 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryF1Score,
-    MulticlassAccuracy,
-    MulticlassF1Score,
-    MultilabelAccuracy,
-    MultilabelF1Score,
-)
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError
 
 from lit_mtl import IGNORE_INDEX, Task, TaskSpec
 from lit_mtl.functional.task_metrics import metrics_from_statistics
 
-
-def reference(kind: str, c: int) -> dict:
-    ignore = {"ignore_index": IGNORE_INDEX}
-    if kind == "regression":
-        return {"mse": MeanSquaredError(), "mae": MeanAbsoluteError()}
-    if kind == "binary":
-        return {"acc": BinaryAccuracy(**ignore), "f1": BinaryF1Score(**ignore)}
-    if kind == "multiclass":
-        return {
-            "acc": MulticlassAccuracy(num_classes=c, average="micro", **ignore),
-            "f1": MulticlassF1Score(num_classes=c, average="macro", **ignore),
-        }
-    return {
-        "acc": MultilabelAccuracy(num_labels=c, **ignore),
-        "f1": MultilabelF1Score(num_labels=c, average="macro", **ignore),
-    }
+from conftest import torchmetrics_reference
 
 
 def batch(kind: str, c: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +37,7 @@ def batch(kind: str, c: int, n: int, g: torch.Generator) -> tuple[torch.Tensor, 
 def test_metrics_from_summed_statistics_equal_torchmetrics(kind: str, c: int) -> None:
     g = torch.Generator().manual_seed(0)
     task = Task(TaskSpec("t", kind, c), in_features=2)
-    metrics = reference(kind, c)
+    metrics = torchmetrics_reference(kind, c)
     total = torch.zeros(task.statistics_size, dtype=torch.float64)
     for n in (17, 5, 32):
         pred, target = batch(kind, c, n, g)

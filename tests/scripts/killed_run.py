@@ -21,14 +21,16 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for conftest
 from lit_mtl import (
     MLPEncoder,
     MultiTaskModule,
-    SyntheticDataModule,
     TransferModule,
     UnfreezeSchedule,
     UPGrad,
 )
+
+from conftest import small_data
 
 
 def main() -> None:
@@ -39,18 +41,7 @@ def main() -> None:
         torch.manual_seed(123)
         torch.save(MLPEncoder(8, [16, 16], batch_norm=True).state_dict(), source)
     L.seed_everything(0)
-    dm = SyntheticDataModule(
-        in_features=8,
-        regression_scales=[1.0, 5.0],
-        regression_noise=[0.1, 0.5],
-        num_classification_tasks=1,
-        num_classes=3,
-        num_train=256,
-        num_val=64,
-        num_test=64,
-        batch_size=32,
-        seed=0,
-    )
+    dm = small_data()
     adam = functools.partial(torch.optim.Adam, lr=1e-2)
     if method == "upgrad":
         model: MultiTaskModule = MultiTaskModule(
