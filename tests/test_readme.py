@@ -47,6 +47,20 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
     assert list((tmp_path / "lightning_logs" / "quickstart").rglob("*.ckpt"))
     # the plots a new user is promised, next to the logs
     assert list((tmp_path / "lightning_logs" / "quickstart").rglob("task_weights.png"))
+    # the README's resume command, verbatim, continues that run
+    (resume,) = [
+        line.split("#")[0].split()
+        for block in _bash_blocks()
+        for line in block.splitlines()
+        if "--ckpt_path last" in line
+    ]
+    assert resume[0] == "lit-mtl"
+    more = subprocess.run(
+        [exe, *resume[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "Restored all states" in more.stderr
+    assert "`Trainer.fit` stopped: `max_epochs=20` reached." in more.stderr
 
 
 def test_readme_wandb_command_is_the_one_tested() -> None:
