@@ -42,13 +42,23 @@ class EpochTaskMetrics(nn.Module):
         if len(self.sizes) != len(self.specs):
             raise ValueError("EpochTaskMetrics: one statistics size per task")
         num_tasks, total = len(self.specs), sum(self.sizes)
-        self.register_buffer("loss_sums", torch.zeros(num_tasks, dtype=torch.float64), False)
-        self.register_buffer("samples", torch.zeros((), dtype=torch.float64), False)
-        self.register_buffer("totals", torch.zeros(total, dtype=torch.float64), False)
+        # plain tensors, not buffers: they follow the data's device at the first update (float64
+        # where the device has it; MPS has not), and module.to() never has to convert them
+        self.loss_sums = torch.zeros(num_tasks, dtype=torch.float64)
+        self.samples = torch.zeros((), dtype=torch.float64)
+        self.totals = torch.zeros(total, dtype=torch.float64)
         self.updates = 0  # on this rank, since the last reset
+
+    def _follow(self, device: torch.device) -> None:
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.loss_sums = self.loss_sums.to(device, dtype)
+        self.samples = self.samples.to(device, dtype)
+        self.totals = self.totals.to(device, dtype)
 
     def update(self, losses: Tensor, statistics: Tensor, batch_size: int) -> None:
         """Add one batch: its (T,) task losses, its concatenated statistics, its size."""
+        if self.totals.device != statistics.device:
+            self._follow(statistics.device)
         self.loss_sums.add_(losses.detach(), alpha=batch_size)  # promoted to float64 in place
         self.samples.add_(batch_size)
         self.totals.add_(statistics.detach())
