@@ -192,7 +192,7 @@ def test_transfer_checkpoint_restores_without_its_source(tmp_path: Path) -> None
     assert torch.allclose(restored.l2sp(), module.l2sp())
 
     resumed = _transfer(source)
-    fast_trainer(max_epochs=2, enable_checkpointing=True).fit(resumed, dm, ckpt_path=last)
+    fast_trainer(max_epochs=2).fit(resumed, dm, ckpt_path=last)
     assert resumed.trainer.current_epoch == 2 and resumed.global_step > module.global_step
 
     with pytest.raises(FileNotFoundError, match=r"source\.ckpt' does not exist .* not to resume"):
