@@ -63,6 +63,7 @@ class _TaskLosses(NamedTuple):
 
     representation: Tensor  # z
     losses: list[Tensor]  # T scalars with their graphs
+    stacked: Tensor  # the same as one (T,) tensor (graph kept)
     loss_values: list[float]  # the same, on the host
     present: Tensor  # (T,) bool: the task has a labelled entry in the batch
     statistics: Tensor  # the tasks' metric statistics, concatenated
@@ -287,7 +288,8 @@ class MultiTaskModule(L.LightningModule):
             preds.append(pred)
             losses.append(loss)  # scalar, 0 when unlabelled
             statistics.append(stats)
-        values = torch.cat([stack_losses(losses).detach(), *probes]).tolist()  # one host read
+        stacked = stack_losses(losses)
+        values = torch.cat([stacked.detach(), *probes]).tolist()  # one host read
         probe_at = len(losses)
         redo = []
         for i, (name, task) in enumerate(self.tasks.items()):
@@ -302,10 +304,11 @@ class MultiTaskModule(L.LightningModule):
             losses[i], statistics[i] = task.evaluate(preds[i], targets[name])
         loss_values = values[: len(losses)]
         if redo:
-            loss_values = stack_losses(losses).detach().tolist()
+            stacked = stack_losses(losses)
+            loss_values = stacked.detach().tolist()
         stats_all = torch.cat(statistics)
         present = stats_all[self._count_positions] > 0
-        return _TaskLosses(z, losses, loss_values, present, stats_all, head_inputs)
+        return _TaskLosses(z, losses, stacked, loss_values, present, stats_all, head_inputs)
 
     @torch.no_grad()
     def _recompute_losses(
@@ -330,7 +333,7 @@ class MultiTaskModule(L.LightningModule):
             step = self._task_losses(x, targets, masks, train=False)
         for m, state in zip(norms, saved, strict=True):
             m.load_state_dict(state)
-        return stack_losses(step.losses), step.present
+        return step.stacked, step.present
 
     def _loss_scale(self) -> Tensor | float | None:
         """The fp16 GradScaler's current scale, or None."""
@@ -370,7 +373,7 @@ class MultiTaskModule(L.LightningModule):
         n = step.representation.shape[0]
         if not self._check_finite(step.loss_values, batch_idx):
             return None
-        stacked = stack_losses(step.losses).detach()  # (T,)
+        stacked = step.stacked.detach()  # (T,)
         views = step.views
         context = StepContext(  # what the weighting may read (one immutable object per step)
             losses=tuple(step.losses),
@@ -417,7 +420,7 @@ class MultiTaskModule(L.LightningModule):
         self._check_targets(targets, masks)
         step = self._task_losses(x, targets, masks, train=False)
         n = step.representation.shape[0]
-        stacked = stack_losses(step.losses)
+        stacked = step.stacked
         self.log(
             f"{stage}/loss", stacked.sum(), prog_bar=stage == "val", batch_size=n, sync_dist=True
         )
