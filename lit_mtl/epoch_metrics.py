@@ -28,6 +28,8 @@ class EpochTaskMetrics(nn.Module):
     Args:
         specs: the tasks, in the order of the losses and statistics given to :meth:`update`.
         statistics_sizes: length of each task's statistics vector.
+        reduction: the dense tasks' reduction, ``"pooled"`` or ``"per_batch"``
+            (:mod:`lit_mtl.functional.dense_metrics`).
 
     ``task/loss`` is the batch-size-weighted mean of the task's batch losses (as Lightning's
     ``self.log(..., batch_size=n)`` epoch mean, synchronised); a task's metrics are absent when
@@ -35,9 +37,15 @@ class EpochTaskMetrics(nn.Module):
     torchmetrics' states): a run resumed mid-epoch reports that epoch from the resumed batches.
     """
 
-    def __init__(self, specs: Sequence[TaskSpec], statistics_sizes: Sequence[int]) -> None:
+    def __init__(
+        self,
+        specs: Sequence[TaskSpec],
+        statistics_sizes: Sequence[int],
+        reduction: str = "pooled",
+    ) -> None:
         super().__init__()
         self.specs = list(specs)
+        self.reduction = reduction
         self.sizes = [int(s) for s in statistics_sizes]
         if len(self.sizes) != len(self.specs):
             raise ValueError("EpochTaskMetrics: one statistics size per task")
@@ -83,6 +91,8 @@ class EpochTaskMetrics(nn.Module):
                 values[f"{spec.name}/loss"] = loss_sums[i] / samples
             stats = totals[offset : offset + size]
             offset += size
-            for name, value in metrics_from_statistics(spec.kind, spec.num_outputs, stats).items():
+            for name, value in metrics_from_statistics(
+                spec.kind, spec.num_outputs, stats, self.reduction
+            ).items():
                 values[f"{spec.name}/{name}"] = value
         return values

@@ -6,8 +6,16 @@ K metrics of all tasks,
     Delta_m % = (100 / K) * sum_k (-1)^{h_k} (M_mtl,k - M_base,k) / M_base,k
 
 with h_k = 1 where higher is better (accuracy, F1) and 0 where lower is better (MSE, MAE).
-**Lower is better; negative means better than the single-task baseline.** Every metric counts
-once (a task with two metrics counts twice); other papers flip the sign or average per task first.
+**Lower is better; negative means better than the single-task baseline.** Two conventions,
+by name:
+
+* ``"metrics"`` (default; Nash-MTL's ``delta_fn``, FAMO): the mean over all K metrics, so a task
+  with five metrics (NYUv2 normals) counts five times;
+* ``"tasks"`` (LibMTL's ``count_improvement``): the mean over tasks of each task's mean over its
+  own metrics (a key ``"task/metric"`` belongs to the task before the last ``/``).
+
+The single-task baseline may be numbers from elsewhere: :data:`NYUV2_SINGLE_TASK_BASELINE` is the
+one CAGrad published and Nash-MTL / FAMO reuse.
 
 >>> round(delta_m({"digit/acc": 0.84, "depth/mse": 1.5}, {"digit/acc": 0.80, "depth/mse": 2.0}), 6)
 -15.0
@@ -22,11 +30,14 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from lit_mtl.functional.dense_metrics import DENSE_METRIC_DIRECTIONS
 from lit_mtl.functional.task_metrics import METRIC_DIRECTIONS
 from lit_mtl.tasks import TaskSpec, as_task_spec
 
 __all__ = [
+    "DELTA_M_CONVENTIONS",
     "HIGHER_IS_BETTER",
+    "NYUV2_SINGLE_TASK_BASELINE",
     "DeltaM",
     "delta_m",
     "higher_is_better",
@@ -34,7 +45,31 @@ __all__ = [
 ]
 
 #: Direction of the metrics ``MultiTaskModule`` logs, by metric name.
-HIGHER_IS_BETTER: dict[str, bool] = {"acc": True, "f1": True, "mse": False, "mae": False}
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "acc": True,
+    "f1": True,
+    "mse": False,
+    "mae": False,
+    **{name: higher for kind in DENSE_METRIC_DIRECTIONS.values() for name, higher in kind.items()},
+}
+
+DELTA_M_CONVENTIONS = ("metrics", "tasks")
+
+#: NYUv2 single-task (SegNet) values published by CAGrad (Liu et al., NeurIPS 2021) and used as
+#: the delta-m baseline by Nash-MTL and FAMO (``BASE`` in their ``experiments/nyuv2/utils.py``),
+#: keyed as :class:`~lit_mtl.data.NYUv2DataModule`'s tasks log them (shares as fractions).
+#: Their reduction is ``per_batch`` (:mod:`lit_mtl.functional.dense_metrics`).
+NYUV2_SINGLE_TASK_BASELINE: dict[str, float] = {
+    "segmentation/miou": 0.3830,
+    "segmentation/pix_acc": 0.6376,
+    "depth/abs_err": 0.6754,
+    "depth/rel_err": 0.2780,
+    "normal/angle_mean": 25.01,
+    "normal/angle_median": 19.21,
+    "normal/within_11_25": 0.3014,
+    "normal/within_22_5": 0.5720,
+    "normal/within_30": 0.6915,
+}
 
 
 def higher_is_better(key: str, directions: Mapping[str, bool] | None = None) -> bool:
@@ -64,6 +99,7 @@ def delta_m(
     values: Mapping[str, float],
     baseline: Mapping[str, float],
     directions: Mapping[str, bool] | None = None,
+    convention: str = "metrics",
 ) -> float:
     """Delta-m % of ``values`` against ``baseline`` over every key of ``baseline`` (see the module
     docstring; lower is better, negative = better than the baseline).
@@ -72,24 +108,36 @@ def delta_m(
         values: metric values of the multi-task model, ``{"task/metric": value}``.
         baseline: the single-task values for the same keys; none may be zero.
         directions: ``{key: higher is better}``; keys not given fall back to the metric name
-            (``acc``/``f1`` higher, ``mse``/``mae`` lower).
+            (``acc``/``f1``/``miou``/... higher, ``mse``/``mae``/``abs_err``/... lower).
+        convention: ``"metrics"`` (mean over all metrics) or ``"tasks"`` (mean over tasks of
+            their per-task means).
 
     >>> round(delta_m({"a/acc": 0.9}, {"a/acc": 1.0}), 6)  # 10% lower accuracy: +10
     10.0
+    >>> values, base = {"a/acc": 0.9, "b/mse": 1.0, "b/mae": 1.0}, {"a/acc": 1.0, "b/mse": 2.0,
+    ...     "b/mae": 2.0}
+    >>> round(delta_m(values, base), 6), round(delta_m(values, base, convention="tasks"), 6)
+    (-30.0, -20.0)
     """
+    if convention not in DELTA_M_CONVENTIONS:
+        raise ValueError(
+            f"delta-m: convention must be one of {DELTA_M_CONVENTIONS}, got {convention!r}"
+        )
     if not baseline:
         raise ValueError("delta-m: the baseline has no metrics")
     missing = sorted(set(baseline) - set(values))
     if missing:
         raise KeyError(f"delta-m: values lack baseline metric(s) {missing}")
-    total = 0.0
+    by_task: dict[str, list[float]] = {}
     for key, base in baseline.items():
         base, value = float(base), float(values[key])
         if base == 0 or not math.isfinite(base):
             raise ValueError(f"delta-m: baseline {key!r} is {base}; it must be finite and non-zero")
         sign = -1.0 if higher_is_better(key, directions) else 1.0
-        total += sign * (value - base) / abs(base)
-    return 100.0 * total / len(baseline)
+        task = key.rsplit("/", 1)[0] if convention == "tasks" else key
+        by_task.setdefault(task, []).append(sign * (value - base) / abs(base))
+    means = [sum(changes) / len(changes) for changes in by_task.values()]
+    return 100.0 * sum(means) / len(means)
 
 
 class DeltaM(Metric):
@@ -110,7 +158,10 @@ class DeltaM(Metric):
     is_differentiable = False
 
     def __init__(
-        self, baseline: Mapping[str, float], directions: Mapping[str, bool] | None = None
+        self,
+        baseline: Mapping[str, float],
+        directions: Mapping[str, bool] | None = None,
+        convention: str = "metrics",
     ) -> None:
         super().__init__()
         if not baseline:
@@ -118,7 +169,8 @@ class DeltaM(Metric):
         self.keys = list(baseline)
         self.baseline = {k: float(v) for k, v in baseline.items()}
         self.directions = {k: higher_is_better(k, directions) for k in self.keys}
-        delta_m(self.baseline, self.baseline, self.directions)  # validates the baseline
+        self.convention = convention
+        delta_m(self.baseline, self.baseline, self.directions, convention)  # validates both
         self.add_state("sums", torch.zeros(len(self.keys), dtype=torch.float64), "sum")
         self.add_state("count", torch.zeros((), dtype=torch.float64), "sum")
 
@@ -134,5 +186,10 @@ class DeltaM(Metric):
         if self.count == 0:
             raise RuntimeError("DeltaM.compute called before update")
         means = (self.sums / self.count).tolist()
-        value = delta_m(dict(zip(self.keys, means, strict=True)), self.baseline, self.directions)
+        value = delta_m(
+            dict(zip(self.keys, means, strict=True)),
+            self.baseline,
+            self.directions,
+            self.convention,
+        )
         return torch.tensor(value, dtype=torch.float64)

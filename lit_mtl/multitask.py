@@ -81,7 +81,10 @@ class MultiTaskModule(L.LightningModule):
             bound to the tasks here; a weighting built for another number of tasks is an error.
         optimizer: a callable ``params -> Optimizer`` (default Adam, lr 1e-3).
         lr_scheduler: optional callable ``optimizer -> scheduler`` (stepped every epoch).
-        heads: optional custom heads by task name (default ``nn.Linear``).
+        heads: optional custom heads by task name. Default: the encoder's ``make_head(spec)``
+            where it has one (the dense encoders' decoder heads), else
+            :class:`~lit_mtl.tasks.PooledLinear` for vector tasks and
+            :class:`~lit_mtl.tasks.DenseHead` for dense ones.
         nonfinite_loss: ``"raise"`` (default): a NaN/inf task loss raises an error naming the task
             and the step; ``"skip"``: the step is skipped (no update) with a warning.
         lr_scheduler_monitor: metric monitored by plateau schedulers.
@@ -90,6 +93,10 @@ class MultiTaskModule(L.LightningModule):
             logs it as an image to W&B / TensorBoard. ``False`` to leave callbacks to you.
         select_tasks: train and evaluate only these tasks (e.g. a single-task baseline on a
             multi-task DataModule); the batch's targets for the other tasks are ignored.
+        dense_reduction: how the dense tasks' metrics reduce over an epoch: ``"pooled"`` (all
+            valid pixels of the split; LibMTL's normals) or ``"per_batch"`` (the mean of the
+            batches' values; the MTAN / CAGrad / Nash-MTL / FAMO code). See
+            :mod:`lit_mtl.functional.dense_metrics`.
 
     Logged: ``train/loss`` every step; per task, ``train/{task}/loss`` and
     ``train/{task}/weight`` (the step's values) on the steps the trainer writes logs
@@ -121,6 +128,7 @@ class MultiTaskModule(L.LightningModule):
         lr_scheduler_monitor: str = "val/loss",
         plots: bool = True,
         select_tasks: Sequence[str] | None = None,
+        dense_reduction: Literal["pooled", "per_batch"] = "pooled",
     ) -> None:
         super().__init__()
         # Under the lit-mtl CLI the hyperparameters are the parsed config (class_path/init_args
@@ -162,7 +170,14 @@ class MultiTaskModule(L.LightningModule):
             )
 
         self.encoder = encoder
-        self.tasks = nn.ModuleDict({s.name: Task(s, width, heads.get(s.name)) for s in specs})
+        make_head = getattr(encoder, "make_head", None)
+        for spec in specs:
+            if spec.name not in heads and callable(make_head):
+                heads[spec.name] = make_head(spec)
+        self.tasks = nn.ModuleDict(
+            {s.name: Task(s, width, heads.get(s.name), dense_reduction) for s in specs}
+        )
+        self.dense_reduction = dense_reduction
         self.weighting = weighting if weighting is not None else EqualWeighting()
         self.weighting.bind(
             names,
@@ -172,7 +187,10 @@ class MultiTaskModule(L.LightningModule):
         )
         sizes = [task.statistics_size for task in self.tasks.values()]
         self.epoch_metrics = nn.ModuleDict(
-            {f"{stage}_metrics": EpochTaskMetrics(specs, sizes) for stage in STAGES}
+            {
+                f"{stage}_metrics": EpochTaskMetrics(specs, sizes, dense_reduction)
+                for stage in STAGES
+            }
         )
         # where each task's labelled count sits in the concatenated statistics of a step
         counts_at = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.long)
@@ -226,9 +244,11 @@ class MultiTaskModule(L.LightningModule):
         return [p for p in self.encoder.parameters() if p.requires_grad]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Predictions by task name: raw outputs (logits for classification tasks)."""
-        z = self.encoder(x)  # (N, D)
-        return {name: task(z) for name, task in self.tasks.items()}
+        """Predictions by task name: raw outputs (logits for classification tasks); dense
+        predictions at the input's spatial size."""
+        z = self.encoder(x)  # (N, D) or (N, C, h, w)
+        size = tuple(x.shape[-2:]) if isinstance(x, Tensor) and x.dim() >= 3 else None
+        return {name: task(z, size) for name, task in self.tasks.items()}
 
     def _check_targets(self, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
         if isinstance(targets, Tensor):
@@ -280,7 +300,8 @@ class MultiTaskModule(L.LightningModule):
         statistics: list[Tensor] = []
         probes: list[Tensor] = []
         for i, (name, task) in enumerate(self.tasks.items()):
-            pred = task(z if head_inputs is None else head_inputs[i])  # (N,) or (N, d)
+            size = targets[name].shape[-2:] if task.spec.dense else None  # the target's (H, W)
+            pred = task(z if head_inputs is None else head_inputs[i], size)  # (N, ...)
             mask = masks.get(name)
             loss, stats = task.evaluate(pred, targets[name], mask, fast=mask is None)
             if mask is None and task.probe_size:

@@ -15,6 +15,22 @@ A sample may lack the label of some task. It is marked by
 Such samples are excluded from the task's loss and metrics. A batch in which a task has no label at
 all gives that task a loss of exactly zero that is still connected to the head's graph (so DDP sees
 every parameter used), never ``NaN``.
+
+Dense tasks
+-----------
+The dense kinds predict a map at the target's resolution from a feature map ``(N, C, h, w)``
+(the prediction is resized bilinearly to the target's ``(H, W)`` when the head's output differs),
+with the losses of the MTAN / CAGrad / Nash-MTL / FAMO code:
+
+* ``segmentation``: target (N, H, W) class indices, pixel cross-entropy; missing pixels carry
+  the spec's ``ignore_index`` (-1 in the NYUv2 / CityScapes files, -100 by default);
+* ``depth``: target (N, 1, H, W) or (N, H, W), L1 over valid pixels (finite, not 0);
+* ``normals``: target (N, 3, H, W) unit vectors, the prediction is L2-normalised and the loss is
+  1 - cosine over valid pixels (finite, not the zero vector);
+* ``dense_regression``: target (N, d, H, W), MSE over the non-NaN entries.
+
+Their metrics and the two reductions in use (``pooled``, ``per_batch``) are in
+:mod:`lit_mtl.functional.dense_metrics`.
 """
 
 from __future__ import annotations
@@ -28,13 +44,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lit_mtl.functional.dense_metrics import (
+    DENSE_REDUCTIONS,
+    depth_statistics,
+    depth_valid,
+    normal_statistics,
+    normal_valid,
+    segmentation_statistics,
+)
 from lit_mtl.functional.task_metrics import class_statistics, statistics_size
 
-__all__ = ["IGNORE_INDEX", "Task", "TaskKind", "TaskSpec", "as_task_spec"]
+__all__ = [
+    "DENSE_KINDS",
+    "IGNORE_INDEX",
+    "DenseHead",
+    "PooledLinear",
+    "Task",
+    "TaskKind",
+    "TaskSpec",
+    "as_task_spec",
+]
 
-TaskKind = Literal["regression", "binary", "multiclass", "multilabel"]
+TaskKind = Literal[
+    "regression",
+    "binary",
+    "multiclass",
+    "multilabel",
+    "segmentation",
+    "depth",
+    "normals",
+    "dense_regression",
+]
 TASK_KINDS: tuple[str, ...] = get_args(TaskKind)
+DENSE_KINDS: tuple[str, ...] = ("segmentation", "depth", "normals", "dense_regression")
 IGNORE_INDEX = -100
+_FIXED_OUTPUTS = {"binary": 1, "depth": 1, "normals": 3}
 
 
 @dataclass(frozen=True)
@@ -43,9 +87,13 @@ class TaskSpec:
 
     Args:
         name: unique task name; the key of its targets in a batch and of its logged metrics.
-        kind: ``"regression"``, ``"binary"``, ``"multiclass"`` or ``"multilabel"``.
-        num_outputs: regression output dimension, number of classes (multiclass), number of labels
-            (multilabel); must be 1 for binary.
+        kind: ``"regression"``, ``"binary"``, ``"multiclass"``, ``"multilabel"``, or a dense
+            kind: ``"segmentation"``, ``"depth"``, ``"normals"``, ``"dense_regression"``.
+        num_outputs: regression output dimension, number of classes (multiclass, segmentation),
+            number of labels (multilabel), channels (dense regression); 1 for binary and depth,
+            3 for normals.
+        ignore_index: the label value that marks a missing class label (multiclass and
+            segmentation; the NYUv2 / CityScapes files store -1).
 
     >>> TaskSpec("segmentation", "multiclass", 13).to_dict()
     {'name': 'segmentation', 'kind': 'multiclass', 'num_outputs': 13}
@@ -58,6 +106,7 @@ class TaskSpec:
     name: str
     kind: TaskKind = "regression"
     num_outputs: int = 1
+    ignore_index: int = IGNORE_INDEX
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -75,17 +124,33 @@ class TaskSpec:
             raise ValueError(
                 f"TaskSpec {self.name!r}: num_outputs must be >= 1, got {self.num_outputs}"
             )
-        if self.kind == "binary" and self.num_outputs != 1:
+        fixed = _FIXED_OUTPUTS.get(self.kind)
+        if fixed is not None and self.num_outputs != fixed:
             raise ValueError(
-                f"TaskSpec {self.name!r}: a binary task has num_outputs=1, got {self.num_outputs}"
+                f"TaskSpec {self.name!r}: a {self.kind} task has num_outputs={fixed}, got "
+                f"{self.num_outputs}"
             )
-        if self.kind == "multiclass" and self.num_outputs < 2:
+        if self.kind in ("multiclass", "segmentation") and self.num_outputs < 2:
             raise ValueError(
-                f"TaskSpec {self.name!r}: a multiclass task needs num_outputs (classes) >= 2"
+                f"TaskSpec {self.name!r}: a {self.kind} task needs num_outputs (classes) >= 2"
+            )
+        if not isinstance(self.ignore_index, int) or 0 <= self.ignore_index < self.num_outputs:
+            raise ValueError(
+                f"TaskSpec {self.name!r}: ignore_index={self.ignore_index!r} must be an integer "
+                f"outside the class indices 0..{self.num_outputs - 1}"
             )
 
+    @property
+    def dense(self) -> bool:
+        """Whether the task predicts a map (a dense kind)."""
+        return self.kind in DENSE_KINDS
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a dict; ``ignore_index`` only where it is not the default."""
+        fields = asdict(self)
+        if self.ignore_index == IGNORE_INDEX:
+            del fields["ignore_index"]
+        return fields
 
 
 def as_task_spec(spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
@@ -93,11 +158,37 @@ def as_task_spec(spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
     if isinstance(spec, TaskSpec):
         return spec
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"name", "kind", "num_outputs"}
+        unknown = set(spec) - {"name", "kind", "num_outputs", "ignore_index"}
         if unknown:
             raise ValueError(f"task spec {dict(spec)!r} has unknown keys {sorted(unknown)}")
         return TaskSpec(**spec)
     raise TypeError(f"expected a TaskSpec or a mapping, got {type(spec).__name__}: {spec!r}")
+
+
+class PooledLinear(nn.Linear):
+    """``nn.Linear`` that first averages a feature map over its trailing (spatial) dimensions:
+    ``(N, C, ...) -> (N, C) -> (N, out)``; a vector ``(N, C)`` goes straight through. The
+    default head of a vector task, so image-level tasks can share a dense encoder."""
+
+    def forward(self, z: Tensor) -> Tensor:
+        if z.dim() > 2:
+            z = z.flatten(2).mean(dim=2)  # (N, C)
+        return super().forward(z)
+
+
+class DenseHead(nn.Sequential):
+    """The MTAN / Nash-MTL task head: a 3 x 3 convolution keeping the width, then a 1 x 1
+    convolution to the task's channels (no activation between, as their ``conv_layer(pred=True)``).
+
+    >>> DenseHead(8, 13)(torch.zeros(2, 8, 4, 5)).shape
+    torch.Size([2, 13, 4, 5])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__(
+            nn.Conv2d(in_channels, in_channels, 3, padding=1),
+            nn.Conv2d(in_channels, out_channels, 1),
+        )
 
 
 class Task(nn.Module):
@@ -105,17 +196,39 @@ class Task(nn.Module):
 
     Args:
         spec: the task's description.
-        in_features: width of the shared representation the head reads.
-        head: optional custom head; default ``nn.Linear(in_features, num_outputs)``.
+        in_features: width (channels) of the shared representation the head reads.
+        head: optional custom head; default :class:`PooledLinear` for vector kinds and
+            :class:`DenseHead` for dense kinds.
+        reduction: how the dense metrics reduce over a set, ``"pooled"`` or ``"per_batch"``
+            (:mod:`lit_mtl.functional.dense_metrics`).
 
-    The head maps the representation ``z`` (N, in_features) to a prediction of shape (N, d) with
-    d = ``num_outputs``; binary and 1-d regression predictions are squeezed to (N,).
+    Vector kinds: the head maps z (N, in_features) (or a map, pooled) to (N, d) with d =
+    ``num_outputs``; binary and 1-d regression predictions are squeezed to (N,). Dense kinds:
+    the head maps a map (N, in_features, h, w) to (N, d, h', w'), resized to the target's size;
+    a normal prediction is L2-normalised over its 3 channels.
     """
 
-    def __init__(self, spec: TaskSpec, in_features: int, head: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        spec: TaskSpec,
+        in_features: int,
+        head: nn.Module | None = None,
+        reduction: str = "pooled",
+    ) -> None:
         super().__init__()
+        if reduction not in DENSE_REDUCTIONS:
+            raise ValueError(
+                f"task {spec.name!r}: dense reduction must be one of {DENSE_REDUCTIONS}, got "
+                f"{reduction!r}"
+            )
         self.spec = spec
-        self.head = head if head is not None else nn.Linear(in_features, spec.num_outputs)
+        self.reduction = reduction
+        if head is None:
+            if spec.dense:
+                head = DenseHead(in_features, spec.num_outputs)
+            else:
+                head = PooledLinear(in_features, spec.num_outputs)
+        self.head = head
 
     @property
     def name(self) -> str:
@@ -125,8 +238,22 @@ class Task(nn.Module):
     def kind(self) -> str:
         return self.spec.kind
 
-    def forward(self, z: Tensor) -> Tensor:
-        out = self.head(z)  # (N, d)
+    def forward(self, z: Tensor, size: Sequence[int] | None = None) -> Tensor:
+        """The task's prediction from z; a dense prediction is resized (bilinear) to ``size``
+        (H, W) when given and different."""
+        out = self.head(z)
+        if self.spec.dense:
+            if out.dim() != 4:
+                raise ValueError(
+                    f"task {self.name!r} ({self.kind}): the head must return a map (N, "
+                    f"{self.spec.num_outputs}, h, w), got shape {tuple(out.shape)}; a dense task "
+                    "needs an encoder that keeps a feature map"
+                )
+            if size is not None and tuple(out.shape[-2:]) != tuple(size):
+                out = F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
+            if self.spec.kind == "normals":
+                out = F.normalize(out, dim=1)  # unit normals, as the papers' models
+            return out  # (N, d, H, W)
         if self.spec.kind == "binary" or (
             self.spec.kind == "regression" and self.spec.num_outputs == 1
         ):
@@ -141,12 +268,15 @@ class Task(nn.Module):
         where = f"task {spec.name!r} ({spec.kind}, num_outputs={spec.num_outputs})"
         if not isinstance(target, Tensor):
             raise TypeError(f"{where}: target must be a Tensor, got {type(target).__name__}")
+        if spec.dense:
+            self._check_dense_target(target, n, where)
+            return
         if spec.kind == "multiclass":
             expected: tuple[int, ...] = (n,)
             if target.is_floating_point() or target.dtype == torch.bool:
                 raise TypeError(
                     f"{where}: class targets must be an integer tensor of class indices "
-                    f"(use {IGNORE_INDEX} for a missing label), got dtype {target.dtype}"
+                    f"(use {spec.ignore_index} for a missing label), got dtype {target.dtype}"
                 )
         elif spec.kind == "binary":
             expected = (n,)
@@ -167,18 +297,63 @@ class Task(nn.Module):
                 f"{expected} for a batch of {n} samples"
             )
 
+    def _check_dense_target(self, target: Tensor, n: int, where: str) -> None:
+        spec = self.spec
+        if spec.kind == "segmentation":
+            layout = "(N, H, W)"
+            ok = target.dim() == 3
+            if target.is_floating_point() or target.dtype == torch.bool:
+                raise TypeError(
+                    f"{where}: segmentation targets must be an integer tensor of class indices "
+                    f"(use {spec.ignore_index} for a missing pixel), got dtype {target.dtype}"
+                )
+        else:
+            d = spec.num_outputs
+            layout = f"(N, {d}, H, W)" + (" or (N, H, W)" if spec.kind == "depth" else "")
+            ok = (target.dim() == 4 and target.shape[1] == d) or (
+                spec.kind == "depth" and target.dim() == 3
+            )
+            if not target.is_floating_point():
+                raise TypeError(
+                    f"{where}: {spec.kind} targets must be floating point, got dtype "
+                    f"{target.dtype}"
+                )
+        if not ok or target.shape[0] != n:
+            raise ValueError(
+                f"{where}: target shape {tuple(target.shape)} does not match the expected "
+                f"{layout} for a batch of {n} samples"
+            )
+
+    def _dense_pair(self, pred: Tensor, target: Tensor) -> Tensor:
+        """The target in the prediction's layout (depth (N, H, W) -> (N, 1, H, W)); an error
+        naming the task when the spatial sizes differ."""
+        if self.spec.kind == "depth" and target.dim() == 3:
+            target = target.unsqueeze(1)
+        spatial = tuple(target.shape[-2:])
+        if tuple(pred.shape[-2:]) != spatial:
+            raise ValueError(
+                f"task {self.name!r} ({self.kind}): prediction of size {tuple(pred.shape[-2:])} "
+                f"for a target of size {spatial}; the head must output at the target's "
+                "resolution (MultiTaskModule resizes to the target's size)"
+            )
+        return target
+
     # ------------------------------------------------------------------ label probe
     @property
+    def _class_kind(self) -> bool:
+        return self.spec.kind in ("binary", "multiclass", "multilabel", "segmentation")
+
+    @property
     def probe_size(self) -> int:
-        """Length of :meth:`probe`'s vector (0 for regression: a missing label shows as a
-        non-finite fast-path loss)."""
-        return 0 if self.spec.kind == "regression" else 3
+        """Length of :meth:`probe`'s vector (0 for regression and the geometric dense kinds: a
+        missing label shows as a non-finite fast-path loss, or is masked anyway)."""
+        return 3 if self._class_kind else 0
 
     def probe(self, target: Tensor) -> Tensor:
         """Reductions of a class target, read on the host with the step's losses (one read for
         all tasks) by :meth:`fast_path_exact`: ``[min, max, sum |t - round(t)|]`` (NaN where a
-        float target has a NaN, or the batch is empty). Empty for regression."""
-        if self.spec.kind == "regression":
+        float target has a NaN, or the batch is empty). Empty for the other kinds."""
+        if not self._class_kind:
             return target.new_empty(0, dtype=torch.float32)
         if target.numel() == 0:
             return torch.full((3,), math.nan, device=target.device)
@@ -192,11 +367,11 @@ class Task(nn.Module):
 
     def fast_path_exact(self, probe: Sequence[float], target: Tensor) -> bool:
         """Whether :meth:`evaluate`'s fast path is exact for this batch, given its loss is finite
-        (regression: always; multiclass: always, ``cross_entropy`` ignores missing labels;
-        binary and multilabel: when no label is missing). Raises a ``ValueError`` naming the
-        task and the value for a label the task cannot take; a target with NaN is checked on
-        the masked path instead."""
-        if self.spec.kind == "regression":
+        (regression and geometric dense kinds: always; multiclass and segmentation: always,
+        ``cross_entropy`` ignores missing labels; binary and multilabel: when no label is
+        missing). Raises a ``ValueError`` naming the task and the value for a label the task
+        cannot take; a target with NaN is checked on the masked path instead."""
+        if not self._class_kind:
             return True
         low, high, fraction = probe
         if math.isnan(low) or math.isnan(high) or math.isnan(fraction):
@@ -204,27 +379,27 @@ class Task(nn.Module):
         self._check_label_range(low, high)
         if fraction > 0:
             self._check_labels(target, self.labelled(target))
-        return self.spec.kind == "multiclass" or low >= 0
+        return self.spec.kind in ("multiclass", "segmentation") or low >= 0
 
     def _check_label_range(self, low: float, high: float) -> None:
         spec = self.spec
-        upper = spec.num_outputs - 1 if spec.kind == "multiclass" else 1
+        indices = spec.kind in ("multiclass", "segmentation")
+        upper = spec.num_outputs - 1 if indices else 1
+        missing = spec.ignore_index if indices else IGNORE_INDEX
         for value in (high, low):
-            if value == IGNORE_INDEX or 0 <= value <= upper:
+            if value == missing or 0 <= value <= upper:
                 continue
-            allowed = (
-                f"class indices 0..{upper}" if spec.kind == "multiclass" else "0 or 1 (binary)"
-            )
+            allowed = f"class indices 0..{upper}" if indices else "0 or 1 (binary)"
             raise ValueError(
                 f"task {spec.name!r} ({spec.kind}): label {value:g} in the batch; labels must be "
-                f"{allowed}, with {IGNORE_INDEX}"
-                + (" or NaN" if spec.kind != "multiclass" else "")
+                f"{allowed}, with {missing}"
+                + (" or NaN" if not indices else "")
                 + " marking a missing label"
             )
 
     def _check_labels(self, target: Tensor, present: Tensor) -> None:
         """Check every labelled entry's value (a host read; only for batches that need it)."""
-        if self.spec.kind == "regression" or not bool(present.any()):
+        if not self._class_kind or not bool(present.any()):
             return
         labelled = target[present]
         low, high = torch.aminmax(
@@ -242,10 +417,18 @@ class Task(nn.Module):
 
     # ------------------------------------------------------------------ masking
     def labelled(self, target: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Boolean tensor, same shape as the target, True where a label is present."""
-        if target.is_floating_point():
+        """Boolean tensor, True where a label is present: the target's shape, except normals
+        ((N, H, W): one flag per pixel)."""
+        kind = self.spec.kind
+        if kind == "depth":
+            present = depth_valid(target)
+        elif kind == "normals":
+            present = normal_valid(target)
+        elif kind in ("multiclass", "segmentation"):
+            present = target != self.spec.ignore_index
+        elif target.is_floating_point():
             present = ~torch.isnan(target)
-            if self.spec.kind != "regression":
+            if kind not in ("regression", "dense_regression"):
                 present &= target != IGNORE_INDEX
         else:
             present = target != IGNORE_INDEX
@@ -265,7 +448,7 @@ class Task(nn.Module):
     @property
     def statistics_size(self) -> int:
         """Length of the statistics vector :meth:`evaluate` returns."""
-        return statistics_size(self.spec.kind, self.spec.num_outputs)
+        return statistics_size(self.spec.kind, self.spec.num_outputs, self.reduction)
 
     def evaluate(
         self, pred: Tensor, target: Tensor, mask: Tensor | None = None, fast: bool = False
@@ -274,13 +457,18 @@ class Task(nn.Module):
         sufficient statistics of the task's metrics
         (:mod:`lit_mtl.functional.task_metrics`; the first entry is the labelled count).
 
-        regression: MSE; binary and multilabel: BCE with logits; multiclass: cross-entropy.
+        regression and dense regression: MSE; binary and multilabel: BCE with logits;
+        multiclass and segmentation: cross-entropy; depth: L1; normals: 1 - cosine.
         The masked path (the default) checks the labels and gives exactly ``0 * pred.sum()``
         when no entry is labelled. ``fast`` (no mask) takes one fused loss op instead: equal
         to the masked path up to float round-off when :meth:`fast_path_exact` holds and the
         loss is finite (a missing regression label makes it NaN), otherwise to be redone.
         """
         kind = self.spec.kind
+        if self.spec.dense:
+            target = self._dense_pair(pred, target)
+            if kind in ("depth", "normals"):
+                return self._evaluate_geometry(pred, target, mask)
         if kind == "regression" and target.dim() == 2 and pred.dim() == 1:
             target = target.reshape(-1)
         if fast and mask is None:
@@ -288,11 +476,11 @@ class Task(nn.Module):
         present = self.labelled(target, mask)
         count = present.sum()
         # Fill missing entries with a harmless value so no NaN enters the graph, then mask.
-        if kind == "multiclass":
+        if kind in ("multiclass", "segmentation"):
             safe_target = torch.where(present, target, torch.zeros_like(target))
             self._check_labels(target, present)
             per_elem = F.cross_entropy(pred.float(), safe_target.long(), reduction="none")
-        elif kind == "regression":
+        elif kind in ("regression", "dense_regression"):
             safe_target = torch.where(present, target, pred.detach().to(target.dtype))
             per_elem = (pred.float() - safe_target.float()) ** 2
         else:
@@ -303,33 +491,57 @@ class Task(nn.Module):
             )
         per_elem = per_elem * present
         loss = per_elem.sum() / count.clamp(min=1)
-        if kind == "regression":
+        if kind in ("regression", "dense_regression"):
             error = (pred.detach().float() - safe_target.float()) * present
             squared = per_elem.detach().sum()
             stats = torch.stack([count.float(), squared, error.abs().sum()])
+        elif kind == "segmentation":
+            stats = segmentation_statistics(pred.detach(), safe_target, present)
         else:
             stats = class_statistics(
                 pred.detach(), safe_target, kind, self.spec.num_outputs, present
             )
         return loss, stats
 
+    def _evaluate_geometry(
+        self, pred: Tensor, target: Tensor, mask: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        """Depth (L1) and normals (1 - cosine) over the valid pixels: one masked pass, exact
+        and free of host reads (invalid pixels are the rule in these targets, not the
+        exception)."""
+        present = self.labelled(target, mask)  # depth (N, 1, H, W); normals (N, H, W)
+        count = present.sum()
+        p = pred.float()
+        if self.spec.kind == "depth":
+            safe_target = torch.where(present, target.float(), p.detach())
+            total = ((p - safe_target).abs() * present).sum()
+            stats = depth_statistics(p, safe_target, present, self.reduction)
+        else:
+            safe_target = torch.where(present[:, None], target.float(), 0.0)
+            cosine = (p * safe_target).sum(dim=1)  # (N, H, W); p is unit length
+            total = ((1.0 - cosine) * present).sum()
+            stats = normal_statistics(p, safe_target, present, self.reduction)
+        return total / count.clamp(min=1), stats
+
     def _evaluate_fast(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         kind = self.spec.kind
         num_outputs = self.spec.num_outputs
-        if kind == "regression":
+        if kind in ("regression", "dense_regression"):
             p, t = pred.float(), target.float()
             loss = F.mse_loss(p, t)
             n = t.numel()
             absolute = torch.sub(p.detach(), t).abs_().sum()  # one temporary (l1_loss: two)
             stats = torch.stack([torch.full_like(absolute, n), loss.detach() * n, absolute])
             return loss, stats
-        if kind == "multiclass":
+        if kind in ("multiclass", "segmentation"):
             # labels outside 0..C-1 become "missing" here (never an index error, which on an
             # accelerator is a device assert); the probe reports them after the step's read
             target = target.long()
             valid = (target >= 0) & (target < num_outputs)
             safe_target = torch.where(valid, target, IGNORE_INDEX)
             loss = F.cross_entropy(pred.float(), safe_target, ignore_index=IGNORE_INDEX)
+            if kind == "segmentation":
+                return loss, segmentation_statistics(pred.detach(), safe_target, valid)
             stats = class_statistics(pred.detach(), safe_target, kind, num_outputs, valid)
             return loss, stats
         loss = F.binary_cross_entropy_with_logits(pred.float(), target.float())
@@ -342,7 +554,7 @@ class Task(nn.Module):
 
     def baseline_loss(self) -> float | None:
         """Loss of an uninformed predictor where known: log C for C-class cross-entropy."""
-        if self.spec.kind == "multiclass":
+        if self.spec.kind in ("multiclass", "segmentation"):
             return math.log(self.spec.num_outputs)
         if self.spec.kind in ("binary", "multilabel"):
             return math.log(2.0)

@@ -13,6 +13,9 @@ multiclass    tp, fp, fn per class (3 C)              ``acc`` (micro), ``f1`` (m
 multilabel    tn, fp, fn, tp per label (4 L)          ``acc``, ``f1`` (both macro)
 ============  =====================================  ======================================
 
+``dense_regression`` uses the regression layout over every labelled pixel and channel; the
+other dense kinds (segmentation, depth, normals) are in :mod:`lit_mtl.functional.dense_metrics`.
+
 A prediction is positive where its logit is > 0 (probability > 0.5); a class prediction is the
 arg-max. The reductions are torchmetrics' (``BinaryAccuracy``, ``MulticlassAccuracy(average=
 "micro")``, ``MulticlassF1Score(average="macro")``: classes never seen in targets or predictions
@@ -25,6 +28,12 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from lit_mtl.functional.dense_metrics import (
+    DENSE_METRIC_DIRECTIONS,
+    dense_metrics_from_statistics,
+    dense_statistics_size,
+)
 
 __all__ = [
     "METRIC_DIRECTIONS",
@@ -40,12 +49,17 @@ METRIC_DIRECTIONS: dict[str, dict[str, bool]] = {
     "binary": {"acc": True, "f1": True},
     "multiclass": {"acc": True, "f1": True},
     "multilabel": {"acc": True, "f1": True},
+    "dense_regression": {"mse": False, "mae": False},
+    **DENSE_METRIC_DIRECTIONS,
 }
 
 
-def statistics_size(kind: str, num_outputs: int) -> int:
-    """Length of a task's statistics vector (the count included)."""
-    if kind == "regression":
+def statistics_size(kind: str, num_outputs: int, reduction: str = "pooled") -> int:
+    """Length of a task's statistics vector (the count included); ``reduction`` is that of the
+    dense kinds (:mod:`lit_mtl.functional.dense_metrics`)."""
+    if kind in DENSE_METRIC_DIRECTIONS:
+        return dense_statistics_size(kind, num_outputs, reduction)
+    if kind in ("regression", "dense_regression"):
         return 3
     if kind == "binary":
         return 5
@@ -111,13 +125,17 @@ def _safe_divide(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(den > 0, num / den.clamp(min=1e-300), torch.zeros_like(num))
 
 
-def metrics_from_statistics(kind: str, num_outputs: int, stats: Tensor) -> dict[str, Tensor]:
+def metrics_from_statistics(
+    kind: str, num_outputs: int, stats: Tensor, reduction: str = "pooled"
+) -> dict[str, Tensor]:
     """The task's metrics from its summed statistics (float64 recommended); ``{}`` when no entry
-    was labelled."""
+    was labelled. ``reduction`` applies to the dense kinds."""
+    if kind in DENSE_METRIC_DIRECTIONS:
+        return dense_metrics_from_statistics(kind, num_outputs, stats, reduction)
     count = stats[0]
     if count <= 0:
         return {}
-    if kind == "regression":
+    if kind in ("regression", "dense_regression"):
         return {"mse": stats[1] / count, "mae": stats[2] / count}
     if kind == "multiclass":
         c = num_outputs
