@@ -1,14 +1,20 @@
 """lit_mtl: PyTorch Lightning building blocks for multi-task and transfer learning."""
 
 from lit_mtl.data import (
+    CityScapesDataModule,
     DigitsDataModule,
     DigitsOverlayDataModule,
     MNIST1DDataModule,
     MultiMNISTDataModule,
     MultiTaskTensorDataset,
+    NYUv2DataModule,
+    OxfordPetDataModule,
+    ProceduralScenesDataModule,
     SyntheticDataModule,
     TorchvisionDataModule,
 )
+from lit_mtl.dense_encoders import DenseCNNEncoder, DilatedResNetEncoder, SegNetEncoder
+from lit_mtl.dense_metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
 from lit_mtl.encoders import CNNEncoder, Conv1dEncoder, Encoder, MLPEncoder, TorchvisionEncoder
 from lit_mtl.multitask import MultiTaskModule, unpack_batch
 from lit_mtl.tasks import IGNORE_INDEX, Task, TaskSpec
@@ -56,7 +62,11 @@ __all__ = [
     "AlignedMTL",
     "CAGrad",
     "CNNEncoder",
+    "CityScapesDataModule",
     "Conv1dEncoder",
+    "DenseCNNEncoder",
+    "DepthMetrics",
+    "DilatedResNetEncoder",
     "DigitsDataModule",
     "DigitsOverlayDataModule",
     "Encoder",
@@ -68,8 +78,14 @@ __all__ = [
     "MultiMNISTDataModule",
     "MultiTaskModule",
     "MultiTaskTensorDataset",
+    "NYUv2DataModule",
     "NashMTL",
+    "NormalMetrics",
+    "OxfordPetDataModule",
     "PCGrad",
+    "ProceduralScenesDataModule",
+    "SegNetEncoder",
+    "SegmentationMetrics",
     "StaticWeighting",
     "StepContext",
     "SyntheticDataModule",

@@ -1,5 +1,7 @@
 """DataModules: every one knows its task specs right after ``__init__``."""
 
+from lit_mtl.data.dense import CityScapesDataModule, DenseDataModule, NYUv2DataModule
+from lit_mtl.data.dense_augment import augment_batch, scale_crop_flip
 from lit_mtl.data.labelled import DIGIT_TASKS, DerivedTask, LabelledDataModule, TaskDerivedDataset
 from lit_mtl.data.offline import (
     DigitsDataModule,
@@ -8,6 +10,8 @@ from lit_mtl.data.offline import (
     make_mnist1d,
 )
 from lit_mtl.data.overlay import overlay, overlay_pairs
+from lit_mtl.data.pet import OxfordPetDataModule
+from lit_mtl.data.scenes import SCENE_CLASSES, ProceduralScenesDataModule, render_scenes
 from lit_mtl.data.synthetic import (
     EpochSeededSampler,
     MultiTaskTensorDataset,
@@ -18,6 +22,15 @@ from lit_mtl.data.vision import VISION_TASKS, MultiMNISTDataModule, TorchvisionD
 
 __all__ = [
     "DIGIT_TASKS",
+    "SCENE_CLASSES",
+    "CityScapesDataModule",
+    "DenseDataModule",
+    "NYUv2DataModule",
+    "OxfordPetDataModule",
+    "ProceduralScenesDataModule",
+    "augment_batch",
+    "render_scenes",
+    "scale_crop_flip",
     "VISION_TASKS",
     "DerivedTask",
     "DigitsDataModule",
