@@ -241,6 +241,12 @@ class Task(nn.Module):
     def forward(self, z: Tensor, size: Sequence[int] | None = None) -> Tensor:
         """The task's prediction from z; a dense prediction is resized (bilinear) to ``size``
         (H, W) when given and different."""
+        if self.spec.dense and z.dim() != 4:
+            raise ValueError(
+                f"task {self.name!r} ({self.kind}): got a representation of shape "
+                f"{tuple(z.shape)}; a dense task needs an encoder that keeps a feature map "
+                "(N, C, h, w), e.g. DenseCNNEncoder, SegNetEncoder or DilatedResNetEncoder"
+            )
         out = self.head(z)
         if self.spec.dense:
             if out.dim() != 4:

@@ -126,3 +126,72 @@ def torchmetrics_reference(kind: str, num_outputs: int) -> dict[str, Any]:
         "acc": MultilabelAccuracy(num_labels=num_outputs, **ignore),
         "f1": MultilabelF1Score(num_labels=num_outputs, average="macro", **ignore),
     }
+
+
+def write_scene_folders(
+    root: Any,
+    folders: dict[str, tuple[int, ...]],
+    num_train: int = 4,
+    num_val: int = 3,
+    height: int = 32,
+    width: int = 64,
+    seed: int = 0,
+) -> None:
+    """Tiny files in the preprocessed layout of the MTAN / Nash-MTL code:
+    ``root/{train,val}/{folder}/{i}.npy``, with ``folders`` mapping a target folder to its
+    trailing shape (``()`` for labels (H, W), ``(1,)`` depth, ``(3,)`` normals); labels are float
+    class indices with -1 holes, depth has 0 holes, normals unit vectors with zero holes."""
+    from pathlib import Path
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", num_train), ("val", num_val)):
+        for folder in ("image", *folders):
+            (Path(root) / split / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            base = Path(root) / split
+            np.save(base / "image" / f"{i}.npy", rng.random((height, width, 3), dtype=np.float32))
+            for folder, trailing in folders.items():
+                if folder.startswith("label"):
+                    classes = 7 if folder == "label_7" else 19 if folder == "label_19" else 13
+                    array = rng.integers(-1, classes, (height, width)).astype(np.float32)
+                elif trailing == (1,):
+                    array = rng.random((height, width, 1), dtype=np.float32) * 5
+                    array[rng.random((height, width)) < 0.2] = 0.0
+                else:
+                    array = rng.normal(size=(height, width, 3)).astype(np.float32)
+                    array /= np.linalg.norm(array, axis=-1, keepdims=True)
+                    array[rng.random((height, width)) < 0.2] = 0.0
+                np.save(base / folder / f"{i}.npy", array)
+
+
+NYUV2_FOLDERS = {"label": (), "depth": (1,), "normal": (3,)}
+CITYSCAPES_FOLDERS = {"label_7": (), "depth": (1,)}
+
+
+def write_oxford_pet(root: Any, trainval: int = 6, test: int = 3, size: int = 20) -> None:
+    """Tiny files in Oxford-IIIT Pet's real layout under ``root/oxford-iiit-pet``: JPEG images,
+    ``annotations/{trainval,test}.txt`` ("<name> <class 1..37> <species 1..2> <breed id>") and
+    PNG trimaps with values 1 (pet), 2 (background), 3 (border)."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    base = Path(root) / "oxford-iiit-pet"
+    (base / "images").mkdir(parents=True, exist_ok=True)
+    (base / "annotations" / "trimaps").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    breeds = [("Abyssinian", 1, 1), ("basset_hound", 4, 2), ("Bengal", 6, 1)]
+    for split, n in (("trainval", trainval), ("test", test)):
+        lines = []
+        for i in range(n):
+            breed, label, species = breeds[i % len(breeds)]
+            name = f"{breed}_{split}{i}"
+            pixels = rng.integers(0, 256, (size, size + 4, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(base / "images" / f"{name}.jpg")
+            trimap = rng.integers(1, 4, (size, size + 4), dtype=np.uint8)
+            Image.fromarray(trimap, mode="L").save(base / "annotations" / "trimaps" / f"{name}.png")
+            lines.append(f"{name} {label} {species} {i + 1}")
+        (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")

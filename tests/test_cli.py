@@ -13,6 +13,8 @@ import torch
 from lit_mtl import MultiTaskModule
 from lit_mtl.cli import build_cli
 
+from conftest import CITYSCAPES_FOLDERS, NYUV2_FOLDERS, write_oxford_pet, write_scene_folders
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 FAST = [
@@ -31,6 +33,11 @@ def test_configs_exist() -> None:
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
 def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # relative paths (checkpoints/, lightning_logs/) land here
+    folders = {"nyuv2.yaml": NYUV2_FOLDERS, "cityscapes.yaml": CITYSCAPES_FOLDERS}
+    if config.name in folders:  # tiny files in the preprocessed layout, where the config looks
+        write_scene_folders(tmp_path / "data" / config.stem, folders[config.name])
+    if config.name == "oxford_pet.yaml":
+        write_oxford_pet(tmp_path / "data", size=40)
     if config.name.endswith("_transfer.yaml"):  # needs its source checkpoint first
         source = config.with_name(config.name.replace("_transfer", "_source"))
         build_cli(["fit", "--config", str(source), *FAST])
