@@ -128,7 +128,8 @@ class SegNetEncoder(_DenseEncoder):
         ins = [self.in_channels, *f[:-1]]
         self.down = nn.ModuleList(
             nn.Sequential(
-                _conv_bn_relu(ins[i], f[i]), *[_conv_bn_relu(f[i], f[i]) for _ in range(depth[i] - 1)]
+                _conv_bn_relu(ins[i], f[i]),
+                *[_conv_bn_relu(f[i], f[i]) for _ in range(depth[i] - 1)],
             )
             for i in range(5)
         )

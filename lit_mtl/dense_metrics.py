@@ -78,9 +78,10 @@ class SegmentationMetrics(_DenseMetric):
         present = target != self.ignore_index
         labels = target[present]
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_outputs):
+            low, high = labels.min().item(), labels.max().item()
             raise ValueError(
                 f"SegmentationMetrics: labels must be 0..{self.num_outputs - 1} or "
-                f"ignore_index={self.ignore_index}, got {labels.min().item()}..{labels.max().item()}"
+                f"ignore_index={self.ignore_index}, got {low}..{high}"
             )
         safe = torch.where(present, target, 0)
         self._add(segmentation_statistics(logits.detach(), safe, present))

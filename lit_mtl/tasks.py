@@ -321,8 +321,7 @@ class Task(nn.Module):
             )
             if not target.is_floating_point():
                 raise TypeError(
-                    f"{where}: {spec.kind} targets must be floating point, got dtype "
-                    f"{target.dtype}"
+                    f"{where}: {spec.kind} targets must be floating point, got dtype {target.dtype}"
                 )
         if not ok or target.shape[0] != n:
             raise ValueError(

@@ -14,6 +14,8 @@ import yaml
 from lit_mtl.__main__ import main as cli_main
 from lit_mtl.compare import ComparisonConfig, load_comparison, run_comparison
 
+from conftest import NYUV2_FOLDERS, write_scene_folders
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPARE_CONFIGS = sorted((ROOT / "configs" / "compare").glob("*.yaml"))
 TINY_TRAINER = {
@@ -178,8 +180,45 @@ def test_shipped_comparison_configs_run_at_tiny_size(path: Path, tmp_path: Path)
     first_two = list(config.methods)[:2]
     config.methods = {k: config.methods[k] for k in first_two}
     config.fit["trainer"].update(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    data = config.fit["data"]
+    if data["class_path"].endswith("NYUv2DataModule"):  # tiny files in the preprocessed layout
+        write_scene_folders(tmp_path / "nyuv2", NYUV2_FOLDERS, num_train=2, num_val=2)
+        data["init_args"]["root"] = str(tmp_path / "nyuv2")
+        config.fit["model"]["init_args"]["encoder"]["init_args"]["filters"] = [8, 8, 8, 8, 8]
     summary = run_comparison(config, log=lambda _: None)
-    assert [r["method"] for r in summary["rows"]] == ["single-task", *first_two]
+    expected = ["single-task"] if config.single_task else []
+    assert [r["method"] for r in summary["rows"]] == [*expected, *first_two]
+    assert all(math.isfinite(r["delta_m"][0]) for r in summary["rows"][len(expected) :])
+    reduction = config.fit["model"]["init_args"].get("dense_reduction")
+    if reduction is not None:  # dense tasks: the table says how their metrics reduce
+        said = {"pooled": "dense metrics pooled", "per_batch": "averaged over test batches"}
+        assert said[reduction] in summary["convention"]
+
+
+def test_external_baseline_and_per_task_convention(tmp_path: Path) -> None:
+    """delta-m against given numbers (no single-task runs), LibMTL's per-task mean, and the
+    note under the table says so."""
+    baseline = {"reg0/mse": 1.0, "reg1/mse": 2.0, "cls0/acc": 0.5}
+    raw = tiny(
+        tmp_path, single_task=False, seeds=[0], baseline=baseline, delta_m_convention="tasks"
+    )
+    summary = run_comparison(ComparisonConfig(**raw), log=lambda _: None)
+    from lit_mtl.metrics import delta_m
+
+    for row in summary["rows"]:
+        values = {k: row[k][0] for k in baseline}  # one seed: the mean is the value
+        assert row["delta_m"][0] == pytest.approx(delta_m(values, baseline, convention="tasks"))
+    assert "mean over tasks of each task's mean" in summary["convention"]
+    assert "against the given single-task numbers" in summary["convention"]
+    with pytest.raises(ValueError, match="delta_m_convention must be"):
+        ComparisonConfig(**tiny(tmp_path, delta_m_convention="per_metric"))
+    with pytest.raises(KeyError, match=r"baseline key\(s\) \['reg9/mse'\]"):
+        run_comparison(
+            ComparisonConfig(
+                **tiny(tmp_path, single_task=False, seeds=[0], baseline={"reg9/mse": 1.0})
+            ),
+            log=lambda _: None,
+        )
 
 
 def test_cli_overrides_seeds_methods_and_output_dir(tmp_path: Path) -> None:

@@ -14,6 +14,8 @@ The YAML names the comparison, a ``fit`` config (exactly what ``lit-mtl fit --co
     single_task: true        # train one model per task (same encoder, same budget) as baseline
     tracking: default        # or "wandb" (group = name; offline without an account)
     metrics: null            # metric names used by delta-m (default: every logged metric)
+    delta_m_convention: metrics  # or "tasks": mean over tasks of per-task means (LibMTL)
+    baseline: null           # or single-task numbers {"task/metric": value} from elsewhere
     methods:
       equal: {class_path: lit_mtl.EqualWeighting}
       uncertainty: {class_path: lit_mtl.UncertaintyWeighting}
@@ -34,8 +36,11 @@ delta-m %, mean and standard deviation over seeds, wall time per epoch), ``resul
 ``delta_m.png`` and, for two tasks, ``tradeoff.png``.
 
 **delta-m** (:func:`lit_mtl.metrics.delta_m`): lower is better, negative = better than
-single-task; averaged over all K selected metrics of all tasks; computed per seed against the
-single-task models of the same seed, then mean +- std over seeds.
+single-task; averaged over all K selected metrics of all tasks (``delta_m_convention: tasks``:
+over tasks of their per-task means); computed per seed against the single-task models of the
+same seed, or against ``baseline`` numbers (e.g. :data:`lit_mtl.metrics.NYUV2_SINGLE_TASK_BASELINE`
+as the papers reuse CAGrad's), then mean +- std over seeds. Tables with dense tasks say which
+reduction their metrics use (the model's ``dense_reduction``).
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ from typing import Any
 
 from lit_mtl.compare.config import ComparisonConfig, load_comparison
 from lit_mtl.compare.report import (
-    CONVENTION,
     SECONDS_NOTE,
+    convention_note,
+    has_dense_metrics,
     summarize,
     to_markdown,
     write_csv,
@@ -84,10 +90,24 @@ def run_comparison(
                 results.append(run_once(config, f"stl-{task}", stl, seed, task, log))
         for label, weighting in config.methods.items():
             results.append(run_once(config, label, weighting, seed, None, log))
-    rows = summarize(results, task_names, list(config.methods), config.metrics)
+    rows = summarize(
+        results,
+        task_names,
+        list(config.methods),
+        config.metrics,
+        config.baseline,
+        config.delta_m_convention,
+    )
     markdown = to_markdown(rows)
+    model_args = (config.fit.get("model") or {}).get("init_args") or {}
+    reduction = model_args.get("dense_reduction", "pooled")
+    note = convention_note(
+        config.delta_m_convention,
+        config.baseline is not None,
+        reduction if has_dense_metrics(rows[0]["metric_keys"]) else None,
+    )
     (out / "results.md").write_text(
-        f"# {config.name}\n\n{markdown}\n\n{CONVENTION}; seeds {config.seeds}. {SECONDS_NOTE}\n"
+        f"# {config.name}\n\n{markdown}\n\n{note}; seeds {config.seeds}. {SECONDS_NOTE}\n"
     )
     write_csv(rows, out / "results.csv")
     paths = {"markdown": str(out / "results.md"), "csv": str(out / "results.csv")}
@@ -96,7 +116,7 @@ def run_comparison(
         "name": config.name,
         "tasks": task_names,
         "seeds": list(config.seeds),
-        "convention": CONVENTION,
+        "convention": note,
         "seconds_note": SECONDS_NOTE,
         "command": f"lit-mtl compare --config {config.source}",
         "rows": rows,
@@ -105,7 +125,7 @@ def run_comparison(
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=str))
     log(markdown)
-    log(CONVENTION)
+    log(note)
     return summary
 
 

@@ -11,7 +11,18 @@ import yaml
 
 __all__ = ["ComparisonConfig", "load_comparison"]
 
-_KEYS = {"name", "output_dir", "seeds", "single_task", "tracking", "metrics", "methods", "fit"}
+_KEYS = {
+    "name",
+    "output_dir",
+    "seeds",
+    "single_task",
+    "tracking",
+    "metrics",
+    "methods",
+    "fit",
+    "baseline",
+    "delta_m_convention",
+}
 
 
 @dataclass
@@ -26,6 +37,8 @@ class ComparisonConfig:
     single_task: bool = True
     tracking: str = "default"
     metrics: list[str] | None = None
+    baseline: dict[str, float] | None = None
+    delta_m_convention: str = "metrics"
     source: str = "<dict>"
 
     def __post_init__(self) -> None:
@@ -46,6 +59,21 @@ class ComparisonConfig:
                 raise ValueError(f"{where}: 'fit.{key}' is required (a class_path/init_args)")
         if self.tracking not in ("default", "wandb"):
             raise ValueError(f"{where}: tracking must be 'default' or 'wandb', got {self.tracking}")
+        if self.delta_m_convention not in ("metrics", "tasks"):
+            raise ValueError(
+                f"{where}: delta_m_convention must be 'metrics' or 'tasks', got "
+                f"{self.delta_m_convention!r}"
+            )
+        if self.baseline is not None:
+            if not isinstance(self.baseline, Mapping) or not self.baseline:
+                raise ValueError(f"{where}: 'baseline' must map 'task/metric' keys to numbers")
+            for key, value in self.baseline.items():
+                if "/" not in str(key) or not isinstance(value, int | float):
+                    raise ValueError(
+                        f"{where}: baseline.{key} must be a 'task/metric' key with a number, "
+                        f"got {value!r}"
+                    )
+            self.baseline = {str(k): float(v) for k, v in self.baseline.items()}
         self.output_dir = self.output_dir or f"comparisons/{self.name}"
 
 

@@ -10,15 +10,57 @@ from pathlib import Path
 from typing import Any
 
 from lit_mtl.compare.runner import RunResult
+from lit_mtl.functional.dense_metrics import DENSE_METRIC_DIRECTIONS
 from lit_mtl.metrics import HIGHER_IS_BETTER, delta_m, higher_is_better
 
-__all__ = ["CONVENTION", "SECONDS_NOTE", "summarize", "to_markdown", "write_csv", "write_plots"]
+__all__ = [
+    "CONVENTION",
+    "SECONDS_NOTE",
+    "convention_note",
+    "summarize",
+    "to_markdown",
+    "write_csv",
+    "write_plots",
+]
 
-CONVENTION = (
-    "delta-m %: lower is better, negative = better than single-task (Maninis et al. 2019 "
-    "convention); mean over all metrics of all tasks, per seed against the single-task models of "
-    "that seed, then mean ± std over seeds"
-)
+_DENSE_NAMES = {name for kind in DENSE_METRIC_DIRECTIONS.values() for name in kind}
+_PERCENT_NAMES = {"acc", "f1", "miou", "pix_acc", "within_11_25", "within_22_5", "within_30"}
+
+_REDUCTIONS = {
+    "pooled": "dense metrics pooled over all valid pixels of the test split",
+    "per_batch": "dense metrics averaged over test batches (the MTAN / Nash-MTL code)",
+}
+
+
+def convention_note(
+    convention: str = "metrics",
+    external_baseline: bool = False,
+    dense_reduction: str | None = None,
+) -> str:
+    """The sentence under a comparison table: delta-m's convention, its baseline, and the dense
+    metrics' reduction where there are dense tasks."""
+    mean = (
+        "mean over all metrics of all tasks"
+        if convention == "metrics"
+        else "mean over tasks of each task's mean over its metrics (LibMTL)"
+    )
+    against = (
+        "against the given single-task numbers"
+        if external_baseline
+        else "per seed against the single-task models of that seed"
+    )
+    note = (
+        "delta-m %: lower is better, negative = better than single-task (Maninis et al. 2019 "
+        f"convention); {mean}, {against}, then mean ± std over seeds"
+    )
+    if dense_reduction is not None:
+        note += f"; {_REDUCTIONS[dense_reduction]}"
+    return note
+
+
+#: the default note (metrics convention, single-task runs, no dense tasks)
+CONVENTION = convention_note()
+
 SECONDS_NOTE = (
     "s / epoch: training wall time per epoch (validation included, data set-up excluded); "
     "single-task: the sum over its per-task models."
@@ -31,15 +73,23 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
+def has_dense_metrics(keys: Sequence[str]) -> bool:
+    """Whether any ``task/metric`` key is a dense task's metric."""
+    return any(k.rsplit("/", 1)[-1] in _DENSE_NAMES for k in keys)
+
+
 def summarize(
     results: Sequence[RunResult],
     task_names: Sequence[str],
     method_labels: Sequence[str],
     metrics: Sequence[str] | None = None,
+    baseline: Mapping[str, float] | None = None,
+    convention: str = "metrics",
 ) -> list[dict[str, Any]]:
     """One row per method (single-task first): per-metric mean/std over seeds, delta-m % per seed
-    against the single-task runs of the same seed (mean/std), seconds per epoch (single-task:
-    the sum over its per-task models)."""
+    against the single-task runs of the same seed, or against ``baseline`` numbers where given
+    (mean/std; ``convention`` as :func:`~lit_mtl.metrics.delta_m`), seconds per epoch
+    (single-task: the sum over its per-task models)."""
     stl: dict[int, dict[str, float]] = {}
     stl_seconds: dict[int, float] = {}
     directions: dict[str, bool] = {}
@@ -81,11 +131,27 @@ def summarize(
         row: dict[str, Any] = {"method": label, "seeds": sorted(per_seed)}
         for k in keys:
             row[k] = _mean_std([per_seed[s][k] for s in sorted(per_seed)])
-        deltas = [
-            delta_m({k: per_seed[s][k] for k in keys}, {k: stl[s][k] for k in keys}, directions)
-            for s in sorted(per_seed)
-            if s in stl
-        ]
+        if baseline is not None:
+            missing = sorted(set(baseline) - set(keys))
+            if missing:
+                raise KeyError(
+                    f"comparison: baseline key(s) {missing} are not among the runs' metrics {keys}"
+                )
+            deltas = [
+                delta_m({k: per_seed[s][k] for k in baseline}, baseline, directions, convention)
+                for s in sorted(per_seed)
+            ]
+        else:
+            deltas = [
+                delta_m(
+                    {k: per_seed[s][k] for k in keys},
+                    {k: stl[s][k] for k in keys},
+                    directions,
+                    convention,
+                )
+                for s in sorted(per_seed)
+                if s in stl
+            ]
         row["delta_m"] = _mean_std(deltas) if deltas else (math.nan, math.nan)
         row["seconds_per_epoch"] = statistics.fmean(seconds.values())
         rows.append(row)
@@ -101,7 +167,7 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
 
 def _metric_digits(key: str) -> tuple[float, int]:
     """Percent for accuracy-like metrics in [0, 1], else 3 significant decimals."""
-    if key.rsplit("/", 1)[-1] in ("acc", "f1"):
+    if key.rsplit("/", 1)[-1] in _PERCENT_NAMES:
         return 100.0, 1
     return 1.0, 3
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -112,20 +112,26 @@ class NpySceneFolder(Dataset):
         images = listed["image"]
         if not images:
             raise _layout_error(
-                dataset, root, list(self.folders.values()), f"{self.directory / 'image'} has no "
-                "<i>.npy files"
+                dataset,
+                root,
+                list(self.folders.values()),
+                f"{self.directory / 'image'} has no <i>.npy files",
             )
         if images != list(range(len(images))):
             missing = sorted(set(range(len(images))) - set(images))[:3]
             raise _layout_error(
-                dataset, root, list(self.folders.values()),
+                dataset,
+                root,
+                list(self.folders.values()),
                 f"{self.directory / 'image'}: files must be numbered 0..{len(images) - 1}; "
                 f"missing {missing}",
             )
         for folder, indices in listed.items():
             if indices != images:
                 raise _layout_error(
-                    dataset, root, list(self.folders.values()),
+                    dataset,
+                    root,
+                    list(self.folders.values()),
                     f"{self.directory / folder} has {len(indices)} files but "
                     f"{self.directory / 'image'} has {len(images)}",
                 )
@@ -195,7 +201,9 @@ class _NpyScenesDataModule(DenseDataModule):
             return
         if not self.root.is_dir():
             raise _layout_error(
-                self.dataset_name, self.root, list(self.folders.values()),
+                self.dataset_name,
+                self.root,
+                list(self.folders.values()),
                 f"root {self.root} does not exist",
             )
         kinds = {s.name: s.kind for s in self.task_specs}
@@ -221,7 +229,7 @@ class NYUv2DataModule(_NpyScenesDataModule):
     """
 
     dataset_name = "NYUv2DataModule"
-    TASKS = {
+    TASKS: ClassVar[dict[str, tuple[str, TaskSpec]]] = {
         "segmentation": ("label", TaskSpec("segmentation", "segmentation", 13, ignore_index=-1)),
         "depth": ("depth", TaskSpec("depth", "depth", 1)),
         "normal": ("normal", TaskSpec("normal", "normals", 3)),
@@ -243,7 +251,12 @@ class NYUv2DataModule(_NpyScenesDataModule):
             root,
             {name: self.TASKS[name][0] for name in chosen},
             [self.TASKS[name][1] for name in chosen],
-            batch_size, augment, num_workers, pin_memory, persistent_workers, seed,
+            batch_size,
+            augment,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+            seed,
         )
         self.save_hyperparameters()
 
@@ -276,7 +289,9 @@ class CityScapesDataModule(_NpyScenesDataModule):
         seed: int = 0,
     ) -> None:
         if num_classes not in (7, 19):
-            raise ValueError(f"CityScapesDataModule: num_classes must be 7 or 19, got {num_classes}")
+            raise ValueError(
+                f"CityScapesDataModule: num_classes must be 7 or 19, got {num_classes}"
+            )
         available = {
             "segmentation": (
                 f"label_{num_classes}",
@@ -289,7 +304,12 @@ class CityScapesDataModule(_NpyScenesDataModule):
             root,
             {name: available[name][0] for name in chosen},
             [available[name][1] for name in chosen],
-            batch_size, augment, num_workers, pin_memory, persistent_workers, seed,
+            batch_size,
+            augment,
+            num_workers,
+            pin_memory,
+            persistent_workers,
+            seed,
         )
         self.save_hyperparameters()
 

@@ -36,7 +36,8 @@ def scale_crop_flip(
     (1, H, W) depth, (3, H, W) normals; other targets pass through), ``kinds`` by task name.
 
     >>> g = torch.Generator().manual_seed(0)
-    >>> img, out = scale_crop_flip(torch.zeros(3, 8, 8), {"d": torch.ones(1, 8, 8)}, {"d": "depth"}, g)
+    >>> depth = {"d": torch.ones(1, 8, 8)}
+    >>> img, out = scale_crop_flip(torch.zeros(3, 8, 8), depth, {"d": "depth"}, g)
     >>> img.shape, out["d"].shape
     (torch.Size([3, 8, 8]), torch.Size([1, 8, 8]))
     """

@@ -89,7 +89,9 @@ class OxfordPetDataModule(DenseDataModule):
     ) -> None:
         super().__init__()
         if not 0 <= val_fraction < 1:
-            raise ValueError(f"OxfordPetDataModule: val_fraction must be in [0, 1), got {val_fraction}")
+            raise ValueError(
+                f"OxfordPetDataModule: val_fraction must be in [0, 1), got {val_fraction}"
+            )
         self.save_hyperparameters()
         self.root = str(root)
         self.image_size = int(image_size)
@@ -135,7 +137,7 @@ class OxfordPetDataModule(DenseDataModule):
             return
         trainval, test = self._split("trainval"), self._split("test")
         order = torch.randperm(len(trainval), generator=torch.Generator().manual_seed(self.seed))
-        num_val = int(round(self.val_fraction * len(trainval)))
+        num_val = round(self.val_fraction * len(trainval))
         self.datasets = {
             "train": Subset(trainval, order[num_val:].tolist()),
             "val": Subset(trainval, order[:num_val].tolist()),

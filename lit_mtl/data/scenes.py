@@ -1,12 +1,13 @@
 """Procedural scenes: small rendered images with exact per-pixel class, depth and normals.
 
 Every image is ray-cast from a pinhole camera at the origin (1 unit above the floor, looking
-along +z and tilted 20 degrees down) into a room: the floor (class 0, plane y = -1), a back wall (class 1, plane z = 6), and 1
-to ``max_objects`` objects standing on the floor: spheres (class 2) and axis-aligned boxes
-(class 3), placed at random. Per pixel the nearest hit gives the class, the depth (the z
-coordinate along the optical axis, as a depth camera measures it) and the unit surface normal in
-camera coordinates (x right, y up, z forward). The image is Lambertian shading of a random colour per surface under
-one directional light plus ambient light, with a little Gaussian noise: colour says nothing about
+along +z and tilted 20 degrees down) into a room: the floor (class 0, plane y = -1), a back wall
+(class 1, plane z = 6), and 1 to ``max_objects`` objects standing on the floor: spheres (class 2)
+and axis-aligned boxes (class 3), placed at random. Per pixel the nearest hit gives the class, the
+depth (the z coordinate along the optical axis, as a depth camera measures it) and the unit
+surface normal in camera coordinates (x right, y up, z forward). The image is Lambertian shading
+of a random colour per surface under one directional light plus ambient light, with a little
+Gaussian noise: colour says nothing about
 the class (floor, wall and objects all draw their colours from the same range), so segmentation,
 depth and normals must be read from shading, shape and layout, as in the real benchmarks.
 
@@ -17,6 +18,7 @@ second on one core. Seeded with a local generator.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import Tensor
@@ -88,8 +90,8 @@ def render_scenes(
     (:data:`SCENE_CLASSES`), depth (N, 1, S, S), normals (N, 3, S, S) unit vectors.
 
     >>> images, classes, depth, normals = render_scenes(2, 16, torch.Generator().manual_seed(0))
-    >>> images.shape, classes.shape, depth.shape, normals.shape
-    (torch.Size([2, 3, 16, 16]), torch.Size([2, 16, 16]), torch.Size([2, 1, 16, 16]), torch.Size([2, 3, 16, 16]))
+    >>> [tuple(t.shape) for t in (images, classes, depth, normals)]
+    [(2, 3, 16, 16), (2, 16, 16), (2, 1, 16, 16), (2, 3, 16, 16)]
     >>> bool((normals.norm(dim=1) - 1).abs().max() < 1e-4), bool(depth.min() > 0)
     (True, True)
     """
@@ -170,7 +172,7 @@ class ProceduralScenesDataModule(DenseDataModule):
     ``normal``. :meth:`uninformed_metrics` gives what a predictor that ignores the image scores.
     """
 
-    TASKS = {
+    TASKS: ClassVar[dict[str, TaskSpec]] = {
         "segmentation": TaskSpec("segmentation", "segmentation", len(SCENE_CLASSES)),
         "depth": TaskSpec("depth", "depth", 1),
         "normal": TaskSpec("normal", "normals", 3),
@@ -200,7 +202,9 @@ class ProceduralScenesDataModule(DenseDataModule):
             if value < 1:
                 raise ValueError(f"ProceduralScenesDataModule: {name} must be >= 1, got {value}")
         if image_size < 4:
-            raise ValueError(f"ProceduralScenesDataModule: image_size must be >= 4, got {image_size}")
+            raise ValueError(
+                f"ProceduralScenesDataModule: image_size must be >= 4, got {image_size}"
+            )
         self.save_hyperparameters()
         self.task_specs = [self.TASKS[name] for name in chosen]
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed

@@ -219,4 +219,3 @@ def dense_metrics_from_statistics(
         out.update({name: shares[i] for i, name in enumerate(names)})
         return out
     raise ValueError(f"not a dense metric kind: {kind!r}")
-

@@ -95,8 +95,9 @@ def test_scale_crop_flip_divides_depth_and_negates_normals_x() -> None:
 
 
 def test_augmentation_is_a_function_of_seed_epoch_and_batch() -> None:
-    dm = ProceduralScenesDataModule(num_train=8, num_val=2, num_test=2, image_size=16,
-                                    batch_size=4, augment=True)
+    dm = ProceduralScenesDataModule(
+        num_train=8, num_val=2, num_test=2, image_size=16, batch_size=4, augment=True
+    )
     dm.setup()
     batch = next(iter(dm.val_dataloader()))
 
@@ -124,16 +125,22 @@ def test_procedural_scenes_are_seeded_and_exact() -> None:
     # the floor's normal is the world's up vector seen by a camera tilted 20 degrees down:
     # tilted towards the camera (-z)
     up = torch.tensor([0.0, np.cos(np.radians(20)), -np.sin(np.radians(20))], dtype=torch.float32)
-    assert torch.allclose(normals.permute(0, 2, 3, 1)[floor], up.expand(int(floor.sum()), 3),
-                          atol=1e-5)
+    assert torch.allclose(
+        normals.permute(0, 2, 3, 1)[floor], up.expand(int(floor.sum()), 3), atol=1e-5
+    )
     wall = classes == 1  # the wall's depth is constant along the optical axis only untilted
     assert depth[:, 0][wall].min() > 4 and depth.min() > 0.5
-    dm = ProceduralScenesDataModule(num_train=32, num_val=8, num_test=8, image_size=16,
-                                    tasks=["depth", "segmentation"])
+    dm = ProceduralScenesDataModule(
+        num_train=32, num_val=8, num_test=8, image_size=16, tasks=["depth", "segmentation"]
+    )
     assert [s.name for s in dm.task_specs] == ["depth", "segmentation"]
     baseline = dm.uninformed_metrics()
-    assert set(baseline) == {"depth/abs_err", "depth/rel_err", "segmentation/miou",
-                             "segmentation/pix_acc"}
+    assert set(baseline) == {
+        "depth/abs_err",
+        "depth/rel_err",
+        "segmentation/miou",
+        "segmentation/pix_acc",
+    }
     with pytest.raises(ValueError, match="unknown: \\['edges'\\]"):
         ProceduralScenesDataModule(tasks=["edges"])
 
@@ -142,13 +149,19 @@ def test_oxford_pet_serves_breed_species_and_trimap(tmp_path: Path) -> None:
     write_oxford_pet(tmp_path, trainval=6, test=3)
     dm = OxfordPetDataModule(tmp_path, image_size=16, val_fraction=0.34, batch_size=2)
     assert [(s.name, s.kind) for s in dm.task_specs] == [
-        ("breed", "multiclass"), ("species", "binary"), ("trimap", "segmentation")]
+        ("breed", "multiclass"),
+        ("species", "binary"),
+        ("trimap", "segmentation"),
+    ]
     dm.setup()
     assert (len(dm.datasets["train"]), len(dm.datasets["val"]), len(dm.datasets["test"])) == (
-        4, 2, 3)
+        4,
+        2,
+        3,
+    )
     x, y = next(iter(dm.test_dataloader()))
     assert x.shape == (2, 3, 16, 16)
     assert y["trimap"].shape == (2, 16, 16) and set(y["trimap"].unique().tolist()) <= {0, 1, 2}
     assert y["breed"].tolist() == [0, 3] and y["species"].tolist() == [0.0, 1.0]
-    with pytest.raises(FileNotFoundError, match="oxford-iiit-pet/annotations/trainval.txt"):
+    with pytest.raises(FileNotFoundError, match=r"oxford-iiit-pet/annotations/trainval\.txt"):
         OxfordPetDataModule(tmp_path / "absent").setup()

@@ -47,8 +47,10 @@ def _confusion(batches) -> np.ndarray:
 def _seg_reference(batches) -> dict[str, float]:
     h = _confusion(batches)
     union = h.sum(0) + h.sum(1) - np.diag(h)
-    return {"miou": float(np.mean(np.diag(h)[union > 0] / union[union > 0])),
-            "pix_acc": float(np.diag(h).sum() / h.sum())}
+    return {
+        "miou": float(np.mean(np.diag(h)[union > 0] / union[union > 0])),
+        "pix_acc": float(np.diag(h).sum() / h.sum()),
+    }
 
 
 def _depth_pixels(p, t):
@@ -66,9 +68,13 @@ def _angles(p, t):
 
 
 def _normal_summary(err: np.ndarray) -> dict[str, float]:
-    return {"angle_mean": err.mean(), "angle_median": np.median(err),
-            "within_11_25": np.mean(err < 11.25), "within_22_5": np.mean(err < 22.5),
-            "within_30": np.mean(err < 30)}
+    return {
+        "angle_mean": err.mean(),
+        "angle_median": np.median(err),
+        "within_11_25": np.mean(err < 11.25),
+        "within_22_5": np.mean(err < 22.5),
+        "within_30": np.mean(err < 30),
+    }
 
 
 def _reference(batches, reduction: str) -> dict[str, float]:
@@ -89,8 +95,11 @@ def _reference(batches, reduction: str) -> dict[str, float]:
 
 
 def _ours(batches, reduction: str) -> dict[str, float]:
-    seg, depth, normal = (SegmentationMetrics(4, -1, reduction), DepthMetrics(reduction),
-                          NormalMetrics(reduction))
+    seg, depth, normal = (
+        SegmentationMetrics(4, -1, reduction),
+        DepthMetrics(reduction),
+        NormalMetrics(reduction),
+    )
     for logits, s, dp, dt, np_, nt in batches:
         seg.update(logits, s)
         depth.update(dp, dt)
@@ -108,8 +117,11 @@ def test_metrics_equal_the_direct_formulas(reduction: str) -> None:
     assert ours.keys() == reference.keys()
     for key, value in reference.items():
         # the pooled median comes from 0.01-degree bins: within half a bin
-        tol = ANGLE_BIN_DEGREES / 2 if key == "normal/angle_median" and reduction == "pooled" \
+        tol = (
+            ANGLE_BIN_DEGREES / 2
+            if key == "normal/angle_median" and reduction == "pooled"
             else 1e-5 * max(1.0, abs(value))
+        )
         assert ours[key] == pytest.approx(value, abs=tol), key
 
 
@@ -117,7 +129,9 @@ def test_the_reductions_differ_where_the_papers_do() -> None:
     batches = _batches(seed=1)
     pooled, per_batch = _ours(batches, "pooled"), _ours(batches, "per_batch")
     assert pooled["seg/miou"] == per_batch["seg/miou"]  # one confusion matrix in both
-    assert pooled["normal/angle_median"] != pytest.approx(per_batch["normal/angle_median"], abs=1e-3)
+    assert pooled["normal/angle_median"] != pytest.approx(
+        per_batch["normal/angle_median"], abs=1e-3
+    )
 
 
 def test_exact_median_is_numpys() -> None:
@@ -131,7 +145,7 @@ def test_metrics_of_nothing_valid_are_empty_and_bad_labels_are_named() -> None:
     depth.update(torch.ones(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
     assert depth.compute() == {}
     seg = SegmentationMetrics(3, ignore_index=-1)
-    with pytest.raises(ValueError, match="labels must be 0..2 or ignore_index=-1"):
+    with pytest.raises(ValueError, match=r"labels must be 0\.\.2 or ignore_index=-1"):
         seg.update(torch.zeros(1, 3, 1, 2), torch.tensor([[[0, 5]]]))
 
 
