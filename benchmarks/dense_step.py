@@ -9,10 +9,14 @@ fresh fit of ``warmup + steps`` steps, methods interleaved round-robin, and each
 step time is divided by equal weighting's in the same round; the table shows the median ratio
 over rounds.
 
-Peak memory: each method runs once more in a fresh process (``--memory-child``), and reports its
-peak resident set size above the resident size just before its first training step (model, data
-and Lightning already loaded), i.e. what the step itself adds at its peak. On a GPU
-(``--device cuda``) it is ``torch.cuda.max_memory_allocated`` over the steps instead.
+Peak memory: each method runs once more in a fresh process (``--memory-child``) that resets the
+kernel's peak resident set size (``/proc/self/clear_refs``, Linux) when the warm-up steps are
+done and reports the peak over the timed steps above the resident size at that moment: what a
+step adds at its peak (activations, per-task gradients, Jacobians), with model, data, optimizer
+state and Lightning already resident. The child runs with glibc's mmap threshold at 64 KiB and
+trimming on, so freed tensors leave the resident set (otherwise the allocator's cache from the
+warm-up steps hides every later peak). On a GPU (``--device cuda``) it is
+``torch.cuda.max_memory_allocated`` over the timed steps instead (the model's memory included).
 
     python benchmarks/dense_step.py    # writes benchmarks/results/dense_step.json
 """
@@ -23,7 +27,6 @@ import argparse
 import functools
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -64,13 +67,28 @@ METHODS: dict[str, tuple[str, Callable[[], Weighting]]] = {
 }
 
 
-class StepTimer(L.Callback):
-    """Wall time of each training step (and the RSS before the first one)."""
+#: glibc serves allocations over 64 KiB with mmap and unmaps them when freed, so the resident
+#: size follows the live tensors instead of the allocator's cache
+_MALLOC_RETURNS_MEMORY = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
 
-    def __init__(self, device: str) -> None:
+
+def _status_kib(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+class StepTimer(L.Callback):
+    """Wall time of each training step; with ``track_memory``, the peak memory of the steps
+    after ``warmup`` above what was resident when they started."""
+
+    def __init__(self, device: str, warmup: int = 0, track_memory: bool = False) -> None:
         self.device = device
+        self.warmup = warmup
+        self.track_memory = track_memory
         self.times: list[float] = []
-        self.rss_before_kib = 0
+        self.resident_kib = 0
         self._start = 0.0
 
     def _sync(self) -> None:
@@ -78,10 +96,13 @@ class StepTimer(L.Callback):
             torch.cuda.synchronize()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):  # type: ignore[no-untyped-def]
-        if not self.times and not self.rss_before_kib:
-            self.rss_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if self.track_memory and len(self.times) == self.warmup:
             if self.device == "cuda":
+                torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+            else:
+                Path("/proc/self/clear_refs").write_text("5")  # peak RSS := current RSS
+                self.resident_kib = _status_kib("VmRSS")
         self._sync()
         self._start = time.perf_counter()
 
@@ -90,7 +111,9 @@ class StepTimer(L.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
-def fit_steps(method: str, size: int, steps: int, device: str) -> StepTimer:
+def fit_steps(
+    method: str, size: int, steps: int, device: str, warmup: int = 0, track_memory: bool = False
+) -> StepTimer:
     L.seed_everything(0, verbose=False)
     dm = ProceduralScenesDataModule(
         image_size=size, num_train=8 * steps, num_val=8, num_test=8, batch_size=8, seed=0
@@ -102,7 +125,7 @@ def fit_steps(method: str, size: int, steps: int, device: str) -> StepTimer:
         optimizer=functools.partial(torch.optim.Adam, lr=1e-3),
         plots=False,
     )
-    timer = StepTimer(device)
+    timer = StepTimer(device, warmup, track_memory)
     trainer = L.Trainer(
         accelerator="gpu" if device == "cuda" else "cpu",
         devices=1,
@@ -118,16 +141,16 @@ def fit_steps(method: str, size: int, steps: int, device: str) -> StepTimer:
     return timer
 
 
-def memory_child(method: str, size: int, steps: int, device: str) -> None:
-    timer = fit_steps(method, size, steps, device)
+def memory_child(method: str, size: int, steps: int, warmup: int, device: str) -> None:
+    timer = fit_steps(method, size, warmup + steps, device, warmup, track_memory=True)
     if device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - timer.rss_before_kib) / 1024
+        peak = (_status_kib("VmHWM") - timer.resident_kib) / 1024
     print(json.dumps({"peak_mib": peak}))
 
 
-def measure_memory(method: str, size: int, steps: int, device: str) -> float:
+def measure_memory(method: str, size: int, steps: int, warmup: int, device: str) -> float:
     out = subprocess.run(
         [
             sys.executable,
@@ -138,13 +161,15 @@ def measure_memory(method: str, size: int, steps: int, device: str) -> float:
             str(size),
             "--steps",
             str(steps),
+            "--warmup",
+            str(warmup),
             "--device",
             device,
         ],
         capture_output=True,
         text=True,
         check=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **_MALLOC_RETURNS_MEMORY},
     )
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mib"])
 
@@ -162,7 +187,7 @@ def main() -> None:
     torch.set_num_threads(2)
     warnings.filterwarnings("ignore")
     if args.memory_child:
-        memory_child(args.memory_child, args.sizes[0], args.steps, args.device)
+        memory_child(args.memory_child, args.sizes[0], args.steps, args.warmup, args.device)
         return
     rows = []
     for size in args.sizes:
@@ -183,11 +208,11 @@ def main() -> None:
                 "family": family,
                 "ms_per_step": 1e3 * statistics.median(seconds[method]),
                 "ratio_to_equal": statistics.median(ratios[method]),
-                "peak_mib": measure_memory(method, size, args.warmup + args.steps, args.device),
+                "peak_mib": measure_memory(method, size, args.steps, args.warmup, args.device),
             }
             rows.append(row)
             print(row, file=sys.stderr)
-    memory = "peak CUDA memory (MiB)" if args.device == "cuda" else "step peak RSS (MiB)"
+    memory = "peak CUDA memory (MiB)" if args.device == "cuda" else "step peak above resident (MiB)"
     lines = [
         f"| input | method | family | ms / step | x equal | {memory} |",
         "|---|---|---|---|---|---|",

@@ -35,7 +35,8 @@ def main() -> None:
         scale = 100.0 if key.rsplit("/", 1)[-1] in percent else 1.0
         values = [row[key] * scale for row in per_seed]
         digits = 1 if scale == 100.0 else 3
-        cells.append(f"{statistics.fmean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}")
+        mean, std = statistics.fmean(values), statistics.stdev(values)
+        cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
     table = "\n".join(
         [
             "| predictor | " + " | ".join(keys) + " |",

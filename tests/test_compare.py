@@ -233,3 +233,30 @@ def test_cli_overrides_seeds_methods_and_output_dir(tmp_path: Path) -> None:
     assert (tmp_path / "other" / "runs" / "equal" / "seed3" / "result.json").exists()
     with pytest.raises(SystemExit):
         cli_main(["compare", "--config", str(path), "--methods", "nope"])
+
+
+@pytest.mark.parametrize("name", ["cityscapes", "oxford_pet"])
+def test_compare_runs_on_the_dense_fit_configs(name: str, tmp_path: Path) -> None:
+    """Any fit config is a comparison's ``fit``: the CityScapes and Oxford Pet configs on tiny
+    files in their real layouts, single-task models included."""
+    from conftest import CITYSCAPES_FOLDERS, write_oxford_pet
+
+    fit = yaml.safe_load((ROOT / "configs" / f"{name}.yaml").read_text())
+    fit.pop("seed_everything")
+    fit["trainer"].update(TINY_TRAINER, limit_train_batches=2)
+    fit["trainer"].pop("default_root_dir")
+    if name == "cityscapes":
+        write_scene_folders(tmp_path / "cs", CITYSCAPES_FOLDERS, num_train=2, num_val=2)
+        fit["data"]["init_args"].update(root=str(tmp_path / "cs"), batch_size=2)
+        fit["model"]["init_args"]["encoder"]["init_args"]["filters"] = [8, 8, 8, 8, 8]
+    else:
+        write_oxford_pet(tmp_path, trainval=4, test=2, size=24)
+        fit["data"]["init_args"].update(root=str(tmp_path), image_size=16, batch_size=2,
+                                        val_fraction=0.5)
+    config = ComparisonConfig(
+        name=name, output_dir=str(tmp_path / "out"), seeds=[0], fit=fit,
+        methods={"equal": {"class_path": "lit_mtl.EqualWeighting"}},
+    )
+    summary = run_comparison(config, log=lambda _: None)
+    assert [r["method"] for r in summary["rows"]] == ["single-task", "equal"]
+    assert math.isfinite(summary["rows"][1]["delta_m"][0])
