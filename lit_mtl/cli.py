@@ -170,12 +170,15 @@ class MultiTaskCLI(LightningCLI):
         self._check_resume("fit")
 
     def before_validate(self) -> None:
+        self._save_last_checkpoints()  # the folder where `--ckpt_path last` looks
         self._check_resume("validate")
 
     def before_test(self) -> None:
+        self._save_last_checkpoints()  # the folder where `--ckpt_path last` looks
         self._check_resume("test")
 
     def before_predict(self) -> None:
+        self._save_last_checkpoints()  # the folder where `--ckpt_path last` looks
         self._check_resume("predict")
 
     def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:

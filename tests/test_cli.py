@@ -191,11 +191,28 @@ def test_nyuv2_config_fits_then_tests_from_its_checkpoint(
     write_scene_folders(tmp_path / "data" / "nyuv2", NYUV2_FOLDERS, num_train=2, num_val=2)
     small = ["--model.encoder.init_args.filters=[8, 8, 8, 8, 8]", "--trainer.limit_val_batches=1"]
     config = str(ROOT / "configs" / "nyuv2.yaml")
-    build_cli(["fit", "--config", config, *small, "--trainer.max_epochs=1",
-               "--trainer.enable_progress_bar=false"])
+    build_cli(
+        [
+            "fit",
+            "--config",
+            config,
+            *small,
+            "--trainer.max_epochs=1",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     assert (tmp_path / "lightning_logs" / "nyuv2" / "checkpoints" / "last.ckpt").exists()
-    cli = build_cli(["test", "--config", config, *small, "--ckpt_path", "last",
-                     "--trainer.enable_progress_bar=false"])
+    cli = build_cli(
+        [
+            "test",
+            "--config",
+            config,
+            *small,
+            "--ckpt_path",
+            "last",
+            "--trainer.enable_progress_bar=false",
+        ]
+    )
     logged = cli.trainer.callback_metrics
     for key in ("segmentation/miou", "depth/rel_err", "normal/within_30", "normal/angle_median"):
         assert torch.isfinite(logged[f"test/{key}"]), key

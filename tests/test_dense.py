@@ -207,10 +207,15 @@ def test_scenes_are_learned_far_beyond_uninformed_predictors() -> None:
     """A few epochs on the procedural scenes: each task clearly beats the predictor that
     ignores the image (majority class, mean depth, mean normal)."""
     L.seed_everything(0)
-    dm = ProceduralScenesDataModule(image_size=32, num_train=384, num_val=64, num_test=128,
-                                    batch_size=32, seed=1)
-    module = MultiTaskModule(DenseCNNEncoder(3, (16, 32, 32)), dm.task_specs,
-                             optimizer=functools.partial(torch.optim.Adam, lr=3e-3), plots=False)
+    dm = ProceduralScenesDataModule(
+        image_size=32, num_train=384, num_val=64, num_test=128, batch_size=32, seed=1
+    )
+    module = MultiTaskModule(
+        DenseCNNEncoder(3, (16, 32, 32)),
+        dm.task_specs,
+        optimizer=functools.partial(torch.optim.Adam, lr=3e-3),
+        plots=False,
+    )
     trainer = fast_trainer(max_epochs=4, limit_val_batches=0)
     trainer.fit(module, dm)
     learned = trainer.test(module, dm, verbose=False)[0]

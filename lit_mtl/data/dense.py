@@ -246,7 +246,7 @@ class NYUv2DataModule(_NpyScenesDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        chosen = _choose(self.dataset_name, tasks, self.TASKS)
+        chosen = choose_tasks(self.dataset_name, tasks, self.TASKS)
         super().__init__(
             root,
             {name: self.TASKS[name][0] for name in chosen},
@@ -299,7 +299,7 @@ class CityScapesDataModule(_NpyScenesDataModule):
             ),
             "depth": ("depth", TaskSpec("depth", "depth", 1)),
         }
-        chosen = _choose(self.dataset_name, tasks, available)
+        chosen = choose_tasks(self.dataset_name, tasks, available)
         super().__init__(
             root,
             {name: available[name][0] for name in chosen},
@@ -314,7 +314,8 @@ class CityScapesDataModule(_NpyScenesDataModule):
         self.save_hyperparameters()
 
 
-def _choose(name: str, tasks: Sequence[str], available: Mapping[str, Any]) -> list[str]:
+def choose_tasks(name: str, tasks: Sequence[str], available: Mapping[str, Any]) -> list[str]:
+    """The requested task names, checked against ``available`` (errors name the DataModule)."""
     chosen = list(tasks)
     unknown = sorted(set(chosen) - set(available))
     if unknown or not chosen or len(set(chosen)) != len(chosen):

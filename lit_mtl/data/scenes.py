@@ -23,7 +23,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from lit_mtl.data.dense import DenseDataModule
+from lit_mtl.data.dense import DenseDataModule, choose_tasks
 from lit_mtl.data.synthetic import MultiTaskTensorDataset
 from lit_mtl.tasks import TaskSpec
 
@@ -195,9 +195,7 @@ class ProceduralScenesDataModule(DenseDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        from lit_mtl.data.dense import _choose
-
-        chosen = _choose("ProceduralScenesDataModule", tasks, self.TASKS)
+        chosen = choose_tasks("ProceduralScenesDataModule", tasks, self.TASKS)
         for value, name in ((num_train, "num_train"), (num_val, "num_val"), (num_test, "num_test")):
             if value < 1:
                 raise ValueError(f"ProceduralScenesDataModule: {name} must be >= 1, got {value}")
