@@ -1,9 +1,11 @@
 """lit_mtl: PyTorch Lightning building blocks for multi-task and transfer learning."""
 
+from lit_mtl.architectures import CGC, PLE, MMoE, OMoE
 from lit_mtl.data import (
     CityScapesDataModule,
     DigitsDataModule,
     DigitsOverlayDataModule,
+    MMoESyntheticDataModule,
     MNIST1DDataModule,
     MultiMNISTDataModule,
     MultiTaskTensorDataset,
@@ -51,6 +53,7 @@ from lit_mtl.weighting import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "CGC",
     "DBMTL",
     "DWA",
     "FAMO",
@@ -74,6 +77,8 @@ __all__ = [
     "GradNorm",
     "GramianWeighting",
     "MLPEncoder",
+    "MMoE",
+    "MMoESyntheticDataModule",
     "MNIST1DDataModule",
     "MultiMNISTDataModule",
     "MultiTaskModule",
@@ -81,8 +86,10 @@ __all__ = [
     "NYUv2DataModule",
     "NashMTL",
     "NormalMetrics",
+    "OMoE",
     "OxfordPetDataModule",
     "PCGrad",
+    "PLE",
     "ProceduralScenesDataModule",
     "SegNetEncoder",
     "SegmentationMetrics",

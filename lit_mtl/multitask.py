@@ -61,13 +61,14 @@ _Module = TypeVar("_Module", bound="MultiTaskModule")
 class _TaskLosses(NamedTuple):
     """One forward pass over the tasks (:meth:`MultiTaskModule._task_losses`)."""
 
-    representation: Tensor  # z
+    representation: Tensor | None  # z (None: the encoder gave each task its own z_i)
+    batch_size: int
     losses: list[Tensor]  # T scalars with their graphs
     stacked: Tensor  # the same as one (T,) tensor (graph kept)
     loss_values: list[float]  # the same, on the host
     present: Tensor  # (T,) bool: the task has a labelled entry in the batch
     statistics: Tensor  # the tasks' metric statistics, concatenated
-    views: list[Tensor] | None  # the heads' views of z (gradient methods on z)
+    views: list[Tensor] | None  # what each head read (views of z, or the z_i; gradient methods)
 
 
 class MultiTaskModule(L.LightningModule):
@@ -170,6 +171,9 @@ class MultiTaskModule(L.LightningModule):
             )
 
         self.encoder = encoder
+        bind_tasks = getattr(encoder, "bind_tasks", None)  # architectures with per-task parts
+        if callable(bind_tasks):
+            bind_tasks(names)
         make_head = getattr(encoder, "make_head", None)
         for spec in specs:
             if spec.name not in heads and callable(make_head):
@@ -240,15 +244,30 @@ class MultiTaskModule(L.LightningModule):
         return list(self.tasks.keys())
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """The encoder's trainable parameters (the shared target of parameter-gradient methods)."""
-        return [p for p in self.encoder.parameters() if p.requires_grad]
+        """The encoder's trainable shared parameters (the target of parameter-gradient methods):
+        all of them, or those the encoder declares (``encoder.shared_parameters()``)."""
+        declared = getattr(self.encoder, "shared_parameters", None)
+        source = declared() if callable(declared) else self.encoder.parameters()
+        return [p for p in source if p.requires_grad]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Predictions by task name: raw outputs (logits for classification tasks); dense
         predictions at the input's spatial size."""
-        z = self.encoder(x)  # (N, D) or (N, C, h, w)
+        z = self._per_task(self.encoder(x))  # (N, D), (N, C, h, w), or one per task
         size = tuple(x.shape[-2:]) if isinstance(x, Tensor) and x.dim() >= 3 else None
-        return {name: task(z, size) for name, task in self.tasks.items()}
+        return {name: task(z[i], size) for i, (name, task) in enumerate(self.tasks.items())}
+
+    def _per_task(self, output: Tensor | Sequence[Tensor]) -> list[Tensor]:
+        """What each head reads: the shared z T times, or the encoder's T per-task z_i."""
+        if isinstance(output, Tensor):
+            return [output] * len(self.tasks)
+        outputs = list(output)
+        if len(outputs) != len(self.tasks):
+            raise ValueError(
+                f"encoder {type(self.encoder).__name__} returned {len(outputs)} representations "
+                f"for {len(self.tasks)} tasks {self.task_names}"
+            )
+        return outputs
 
     def _check_targets(self, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
         if isinstance(targets, Tensor):
@@ -286,22 +305,28 @@ class MultiTaskModule(L.LightningModule):
         head reads its own view of z (:func:`~lit_mtl.task_views`) so that all T gradients come
         from a single backward pass.
         """
-        z = self.encoder(x)  # (N, D) shared representation
-        n = z.shape[0]
+        output = self.encoder(x)  # (N, ...) shared z, or T per-task z_i (architectures)
+        per_task = not isinstance(output, Tensor)
+        z_all = self._per_task(output)
+        n = z_all[0].shape[0]
         for name, task in self.tasks.items():
             task.check_target(targets[name], n)
         wants_z_grads = self.weighting.uses_task_representations and train
-        if wants_z_grads and torch.is_grad_enabled() and not z.requires_grad:
-            z = z.detach().requires_grad_()  # frozen encoder: the heads' gradients w.r.t. z
-        views = wants_z_grads and z.requires_grad
-        head_inputs = task_views(z, len(self.tasks)) if views else None
+        if wants_z_grads and torch.is_grad_enabled():  # frozen encoder: gradients w.r.t. z still
+            z_all = [zi if zi.requires_grad else zi.detach().requires_grad_() for zi in z_all]
+        z = None if per_task else z_all[0]
+        views = wants_z_grads and z_all[0].requires_grad
+        if views:  # each head reads its own z_i, or its own view of the shared z
+            head_inputs = z_all if per_task else task_views(z_all[0], len(self.tasks))
+        else:
+            head_inputs = None
         preds: list[Tensor] = []
         losses: list[Tensor] = []
         statistics: list[Tensor] = []
         probes: list[Tensor] = []
         for i, (name, task) in enumerate(self.tasks.items()):
             size = targets[name].shape[-2:] if task.spec.dense else None  # the target's (H, W)
-            pred = task(z if head_inputs is None else head_inputs[i], size)  # (N, ...)
+            pred = task(z_all[i] if head_inputs is None else head_inputs[i], size)  # (N, ...)
             mask = masks.get(name)
             loss, stats = task.evaluate(pred, targets[name], mask, fast=mask is None)
             if mask is None and task.probe_size:
@@ -329,7 +354,7 @@ class MultiTaskModule(L.LightningModule):
             loss_values = stacked.detach().tolist()
         stats_all = torch.cat(statistics)
         present = stats_all[self._count_positions] > 0
-        return _TaskLosses(z, losses, stacked, loss_values, present, stats_all, head_inputs)
+        return _TaskLosses(z, n, losses, stacked, loss_values, present, stats_all, head_inputs)
 
     @torch.no_grad()
     def _recompute_losses(
@@ -391,7 +416,7 @@ class MultiTaskModule(L.LightningModule):
         x, targets, masks = unpack_batch(batch)
         self._check_targets(targets, masks)
         step = self._task_losses(x, targets, masks, train=True)
-        n = step.representation.shape[0]
+        n = step.batch_size
         if not self._check_finite(step.loss_values, batch_idx):
             return None
         stacked = step.stacked.detach()  # (T,)
@@ -440,7 +465,7 @@ class MultiTaskModule(L.LightningModule):
         x, targets, masks = unpack_batch(batch)
         self._check_targets(targets, masks)
         step = self._task_losses(x, targets, masks, train=False)
-        n = step.representation.shape[0]
+        n = step.batch_size
         stacked = step.stacked
         self.log(
             f"{stage}/loss", stacked.sum(), prog_bar=stage == "val", batch_size=n, sync_dist=True

@@ -9,6 +9,7 @@ from lit_mtl.data.offline import (
     MNIST1DDataModule,
     make_mnist1d,
 )
+from lit_mtl.data.mmoe_synthetic import MMoESyntheticDataModule, make_mmoe_synthetic
 from lit_mtl.data.overlay import overlay, overlay_pairs
 from lit_mtl.data.pet import OxfordPetDataModule
 from lit_mtl.data.scenes import SCENE_CLASSES, ProceduralScenesDataModule, render_scenes
@@ -31,6 +32,7 @@ __all__ = [
     "DigitsOverlayDataModule",
     "EpochSeededSampler",
     "LabelledDataModule",
+    "MMoESyntheticDataModule",
     "MNIST1DDataModule",
     "MultiMNISTDataModule",
     "MultiTaskTensorDataset",
@@ -41,6 +43,7 @@ __all__ = [
     "TaskDerivedDataset",
     "TorchvisionDataModule",
     "augment_batch",
+    "make_mmoe_synthetic",
     "make_mnist1d",
     "make_synthetic_tasks",
     "overlay",

@@ -31,12 +31,15 @@ log = logging.getLogger(__name__)
 def resolve_shared_target(encoder: nn.Module, target: str) -> list[nn.Parameter]:
     """Parameters of ``encoder`` named by ``target``.
 
-    ``"shared"``: every trainable parameter; ``"last_shared_layer"``: the weight of the encoder's
+    ``"shared"``: every trainable parameter, or the encoder's ``shared_parameters()`` where it
+    declares them (:mod:`lit_mtl.architectures`); ``"last_shared_layer"``: the weight of the encoder's
     ``last_shared_layer()`` if it defines one, else of its last module with a weight that is not a
     normalisation layer (GradNorm's W); otherwise the name of an encoder parameter or submodule.
     """
     if target == "shared":
-        params = [p for p in encoder.parameters() if p.requires_grad]
+        declared = getattr(encoder, "shared_parameters", None)  # an architecture's own answer
+        source = declared() if callable(declared) else encoder.parameters()
+        params = [p for p in source if p.requires_grad]
     elif target == "last_shared_layer":
         finder = getattr(encoder, "last_shared_layer", None)
         if finder is not None:
@@ -81,6 +84,7 @@ class ParameterEngine:
     def __init__(self, target: str = "shared") -> None:
         self.target = target
         self.params: list[nn.Parameter] | None = None
+        self.whole_encoder = target == "shared"
         self._warned_batched = False
         #: memory reused across steps for the stacked per-task gradients w.r.t. z
         self.scratch: dict[str, Tensor] = {}
@@ -91,6 +95,10 @@ class ParameterEngine:
     def bind(self, encoder: nn.Module) -> None:
         """Resolve the target in the encoder (a plain list: the encoder owns the parameters)."""
         self.params = resolve_shared_target(encoder, self.target)
+        # "shared" covers the whole encoder unless the encoder declares a subset (architectures)
+        self.whole_encoder = self.target == "shared" and not callable(
+            getattr(encoder, "shared_parameters", None)
+        )
 
     def parameters_for(self, ctx: StepContext, owner: str) -> tuple[list[Tensor], bool]:
         """(trainable target parameters, whether they are every trainable encoder parameter)."""
@@ -106,7 +114,7 @@ class ParameterEngine:
                 f"{owner}(target={self.target!r}): every target parameter is frozen; use "
                 "target='representation' while the encoder is frozen"
             )
-        covers = self.target == "shared" and ctx.shared_parameters is None
+        covers = self.whole_encoder and ctx.shared_parameters is None
         return params, covers
 
     def jacobian(

@@ -1,0 +1,151 @@
+"""The synthetic two-task regression data of the MMoE paper, with the task correlation set by p.
+
+Ma et al., "Modeling Task Relationships in Multi-task Learning with Multi-gate Mixture-of-Experts"
+(KDD 2018), Sec. 3.2: draw orthogonal unit vectors u1, u2 in R^d; w1 = c u1,
+w2 = c (p u1 + sqrt(1 - p^2) u2); x ~ N(0, I_d);
+
+    y_k = w_k^T x + sum_{i=1..m} sin(alpha_i w_k^T x + beta_i) + eps_k,   eps_k ~ N(0, sigma^2)
+
+with the same alpha_i, beta_i for both tasks, so p (the cosine of w1 and w2) sets how related the
+tasks are (the labels' Pearson correlation falls with p; it is not p itself because of the
+sinusoids). The paper leaves d, c, m, alpha, beta and sigma open; the defaults here follow the
+public re-implementation in deep_recommenders (``mixture_of_experts._synthetic_data``): d = 100,
+c = 0.3, m = 5, alpha_i and beta_i ~ N(0, 1), sigma = 0.01. The paper's "eps ~ N(0, 0.01)" is
+read as a standard deviation of 0.01, as there.
+
+Everything is drawn from one local generator: the functions (u1, u2, alpha, beta) from
+``function_seed`` (fixed across repeats unless changed, as in the paper, where repeats vary the
+model's initialisation and the sample), the samples and noise from ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from lit_mtl.data.loaders import SplitDataModule
+from lit_mtl.data.synthetic import MultiTaskTensorDataset
+from lit_mtl.tasks import TaskSpec
+
+__all__ = ["MMoESyntheticDataModule", "make_mmoe_synthetic"]
+
+
+def make_mmoe_synthetic(
+    num_samples: int,
+    p: float,
+    generator: torch.Generator,
+    functions: dict[str, Tensor],
+    noise_std: float = 0.01,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``num_samples`` inputs (N, d) and the two labels (N,), (N,) for correlation ``p`` with the
+    given ``functions`` (:func:`mmoe_functions`)."""
+    u1, u2, alpha, beta = functions["u1"], functions["u2"], functions["alpha"], functions["beta"]
+    c = float(functions["c"])
+    w1 = c * u1
+    w2 = c * (p * u1 + math.sqrt(max(0.0, 1.0 - p * p)) * u2)
+    x = torch.randn(num_samples, u1.shape[0], generator=generator, dtype=torch.float64)
+    labels = []
+    for w in (w1, w2):
+        projection = x @ w  # (N,)
+        waves = torch.sin(alpha[:, None] * projection[None] + beta[:, None]).sum(dim=0)
+        noise = noise_std * torch.randn(num_samples, generator=generator, dtype=torch.float64)
+        labels.append(projection + waves + noise)
+    return x.float(), labels[0].float(), labels[1].float()
+
+
+def mmoe_functions(
+    in_features: int, scale: float, num_sinusoids: int, generator: torch.Generator
+) -> dict[str, Tensor]:
+    """u1, u2 (orthogonal unit vectors, Gram-Schmidt on Gaussian draws), alpha, beta ~ N(0, 1)."""
+    a = torch.randn(in_features, generator=generator, dtype=torch.float64)
+    b = torch.randn(in_features, generator=generator, dtype=torch.float64)
+    u1 = a / a.norm()
+    b = b - (b @ u1) * u1
+    u2 = b / b.norm()
+    alpha = torch.randn(num_sinusoids, generator=generator, dtype=torch.float64)
+    beta = torch.randn(num_sinusoids, generator=generator, dtype=torch.float64)
+    return {"u1": u1, "u2": u2, "alpha": alpha, "beta": beta, "c": torch.tensor(float(scale))}
+
+
+class MMoESyntheticDataModule(SplitDataModule):
+    """MMoE's synthetic data (module docstring): tasks ``task1`` and ``task2``, regression.
+
+    Args:
+        p: the cosine between the two tasks' weight vectors, in [-1, 1] (the paper: 0.5, 0.9, 1).
+        in_features: d.
+        scale: c.
+        num_sinusoids: m.
+        noise_std: standard deviation of eps_k.
+        num_train, num_val, num_test: split sizes.
+        batch_size, num_workers, pin_memory, persistent_workers: loader options.
+        seed: seed of the samples and the noise (and of the shuffling).
+        function_seed: seed of u1, u2, alpha, beta.
+
+    >>> dm = MMoESyntheticDataModule(p=0.5, num_train=8, num_val=4, num_test=4)
+    >>> dm.setup(); x, y = dm.datasets["train"][0]
+    >>> tuple(x.shape), sorted(y)
+    ((100,), ['task1', 'task2'])
+    """
+
+    def __init__(
+        self,
+        p: float = 0.9,
+        in_features: int = 100,
+        scale: float = 0.3,
+        num_sinusoids: int = 5,
+        noise_std: float = 0.01,
+        num_train: int = 10000,
+        num_val: int = 1000,
+        num_test: int = 1000,
+        batch_size: int = 128,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        function_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if not -1.0 <= p <= 1.0:
+            raise ValueError(f"MMoESyntheticDataModule: p must be in [-1, 1], got {p}")
+        for value, name in ((num_train, "num_train"), (num_val, "num_val"), (num_test, "num_test")):
+            if value < 1:
+                raise ValueError(f"MMoESyntheticDataModule: {name} must be >= 1, got {value}")
+        if in_features < 2 or num_sinusoids < 0 or noise_std < 0:
+            raise ValueError(
+                "MMoESyntheticDataModule: in_features >= 2, num_sinusoids >= 0 and noise_std >= 0 "
+                f"required, got {in_features}, {num_sinusoids}, {noise_std}"
+            )
+        self.save_hyperparameters()
+        self.p = float(p)
+        self.in_features = int(in_features)
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
+        self.task_specs = [TaskSpec("task1", "regression"), TaskSpec("task2", "regression")]
+        self.datasets: dict[str, MultiTaskTensorDataset] = {}
+
+    @property
+    def num_tasks(self) -> int:
+        return 2
+
+    @property
+    def task_names(self) -> list[str]:
+        return ["task1", "task2"]
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        functions = mmoe_functions(
+            self.in_features,
+            float(hp.scale),
+            int(hp.num_sinusoids),
+            torch.Generator().manual_seed(int(hp.function_seed)),
+        )
+        generator = torch.Generator().manual_seed(int(hp.seed))
+        for split, n in (("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test)):
+            x, y1, y2 = make_mmoe_synthetic(
+                int(n), self.p, generator, functions, float(hp.noise_std)
+            )
+            self.datasets[split] = MultiTaskTensorDataset(x, {"task1": y1, "task2": y2})
