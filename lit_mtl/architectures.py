@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from lit_mtl.encoders import Encoder, _activation
 
-__all__ = ["CGC", "MMoE", "OMoE", "PLE", "gate_dropout"]
+__all__ = ["CGC", "PLE", "MMoE", "OMoE", "gate_dropout"]
 
 
 def gate_dropout(weights: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:

@@ -3,13 +3,13 @@
 from lit_mtl.data.dense import CityScapesDataModule, DenseDataModule, NYUv2DataModule
 from lit_mtl.data.dense_augment import augment_batch, scale_crop_flip
 from lit_mtl.data.labelled import DIGIT_TASKS, DerivedTask, LabelledDataModule, TaskDerivedDataset
+from lit_mtl.data.mmoe_synthetic import MMoESyntheticDataModule, make_mmoe_synthetic
 from lit_mtl.data.offline import (
     DigitsDataModule,
     DigitsOverlayDataModule,
     MNIST1DDataModule,
     make_mnist1d,
 )
-from lit_mtl.data.mmoe_synthetic import MMoESyntheticDataModule, make_mmoe_synthetic
 from lit_mtl.data.overlay import overlay, overlay_pairs
 from lit_mtl.data.pet import OxfordPetDataModule
 from lit_mtl.data.scenes import SCENE_CLASSES, ProceduralScenesDataModule, render_scenes

@@ -32,9 +32,10 @@ def resolve_shared_target(encoder: nn.Module, target: str) -> list[nn.Parameter]
     """Parameters of ``encoder`` named by ``target``.
 
     ``"shared"``: every trainable parameter, or the encoder's ``shared_parameters()`` where it
-    declares them (:mod:`lit_mtl.architectures`); ``"last_shared_layer"``: the weight of the encoder's
-    ``last_shared_layer()`` if it defines one, else of its last module with a weight that is not a
-    normalisation layer (GradNorm's W); otherwise the name of an encoder parameter or submodule.
+    declares them (:mod:`lit_mtl.architectures`); ``"last_shared_layer"``: the weight of the
+    encoder's ``last_shared_layer()`` if it defines one, else of its last module with a weight
+    that is not a normalisation layer (GradNorm's W); otherwise the name of an encoder parameter
+    or submodule.
     """
     if target == "shared":
         declared = getattr(encoder, "shared_parameters", None)  # an architecture's own answer
