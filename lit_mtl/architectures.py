@@ -39,8 +39,9 @@ import torch
 from torch import Tensor, nn
 
 from lit_mtl.encoders import Encoder, _activation
+from lit_mtl.tasks import TaskSpec
 
-__all__ = ["CGC", "PLE", "MMoE", "OMoE", "gate_dropout"]
+__all__ = ["CGC", "PLE", "MMoE", "OMoE", "Tower", "gate_dropout"]
 
 
 def gate_dropout(weights: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
@@ -67,6 +68,26 @@ def _mlp(in_features: int, widths: Sequence[int], activation: str) -> nn.Sequent
         layers += [nn.Linear(prev, int(width)), _activation(activation)]
         prev = int(width)
     return nn.Sequential(*layers)
+
+
+class Tower(nn.Sequential):
+    """A task tower: an MLP with ``widths`` hidden layers, then a linear output layer (the
+    per-task networks on top of MMoE / PLE; usable as any task's head).
+
+    >>> Tower(16, [8], 1)(torch.zeros(4, 16)).shape
+    torch.Size([4, 1])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        widths: Sequence[int] = (),
+        out_features: int = 1,
+        activation: str = "relu",
+    ) -> None:
+        hidden = [int(w) for w in widths]
+        last = hidden[-1] if hidden else int(in_features)
+        super().__init__(*_mlp(in_features, hidden, activation), nn.Linear(last, out_features))
 
 
 class _Experts(nn.Module):
@@ -106,8 +127,15 @@ class _RoutedEncoder(Encoder):
 
     per_task_outputs = True
 
-    def __init__(self, in_features: int, expert_widths: Sequence[int], activation: str) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        expert_widths: Sequence[int],
+        activation: str,
+        tower_widths: Sequence[int] = (),
+    ) -> None:
         super().__init__()
+        self.tower_widths = [int(w) for w in tower_widths]
         widths = [int(w) for w in expert_widths]
         if not widths:
             raise ValueError(f"{type(self).__name__}: expert_widths must not be empty")
@@ -149,6 +177,14 @@ class _RoutedEncoder(Encoder):
     def _build_tasks(self, num_tasks: int) -> None:
         raise NotImplementedError
 
+    def make_head(self, spec: TaskSpec) -> nn.Module:
+        """The task's tower (``tower_widths`` hidden layers, then its outputs)."""
+        return Tower(self.out_features, self.tower_widths, spec.num_outputs, self.activation)
+
+    def expert_labels(self, task: int) -> list[str]:
+        """Names of the experts task ``task``'s gate weighs, in the gate's order."""
+        return [f"expert{e}" for e in range(self.last_gate_weights[task].shape[1])]
+
     def last_shared_layer(self) -> nn.Module:
         raise ValueError(
             f"{type(self).__name__} has no single last shared layer (its output mixes several "
@@ -165,8 +201,10 @@ class MMoE(_RoutedEncoder):
         in_features: input width.
         num_experts: E.
         expert_widths: each expert's MLP widths; the last is the representation width.
+        tower_widths: hidden widths of each task's tower (its default head, :class:`Tower`);
+            empty: a linear head.
         gate_dropout: probability of dropping an expert's gate weight in training.
-        activation: the experts' nonlinearity.
+        activation: the experts' and towers' nonlinearity.
 
     Shared parameters: the experts. Layer groups: ``experts``, ``gates``.
 
@@ -181,10 +219,11 @@ class MMoE(_RoutedEncoder):
         in_features: int,
         num_experts: int = 8,
         expert_widths: Sequence[int] = (16,),
+        tower_widths: Sequence[int] = (),
         gate_dropout: float = 0.0,
         activation: str = "relu",
     ) -> None:
-        super().__init__(in_features, expert_widths, activation)
+        super().__init__(in_features, expert_widths, activation, tower_widths)
         if num_experts < 1:
             raise ValueError(f"MMoE: num_experts must be >= 1, got {num_experts}")
         self.num_experts = int(num_experts)
@@ -245,7 +284,7 @@ class PLE(_RoutedEncoder):
         num_shared_experts, num_task_experts: experts per level.
         expert_widths: each expert's MLP widths (all levels); the last is the representation
             width.
-        gate_dropout, activation: as :class:`MMoE`.
+        tower_widths, gate_dropout, activation: as :class:`MMoE`.
 
     Shared parameters: the shared experts and the shared gates. Expert-use diagnostics report
     the last level's task gates (own experts first, then the shared ones).
@@ -263,10 +302,11 @@ class PLE(_RoutedEncoder):
         num_shared_experts: int = 2,
         num_task_experts: int = 2,
         expert_widths: Sequence[int] = (16,),
+        tower_widths: Sequence[int] = (),
         gate_dropout: float = 0.0,
         activation: str = "relu",
     ) -> None:
-        super().__init__(in_features, expert_widths, activation)
+        super().__init__(in_features, expert_widths, activation, tower_widths)
         if levels < 1 or num_shared_experts < 0 or num_task_experts < 0:
             raise ValueError(
                 f"{type(self).__name__}: levels >= 1 and expert counts >= 0 required, got "
@@ -328,6 +368,10 @@ class PLE(_RoutedEncoder):
         self.last_gate_weights = [w.detach() for w in weights]
         return task_inputs
 
+    def expert_labels(self, task: int) -> list[str]:
+        own = [f"own{e}" for e in range(self.num_task_experts)]
+        return own + [f"shared{e}" for e in range(self.num_shared_experts)]
+
     def shared_parameters(self) -> list[nn.Parameter]:
         modules = [self.shared_experts, self.shared_gates]
         return [p for m in modules for p in m.parameters() if p.requires_grad]
@@ -353,6 +397,7 @@ class CGC(PLE):
         num_shared_experts: int = 2,
         num_task_experts: int = 2,
         expert_widths: Sequence[int] = (16,),
+        tower_widths: Sequence[int] = (),
         gate_dropout: float = 0.0,
         activation: str = "relu",
     ) -> None:
@@ -362,6 +407,7 @@ class CGC(PLE):
             num_shared_experts,
             num_task_experts,
             expert_widths,
+            tower_widths,
             gate_dropout,
             activation,
         )

@@ -69,6 +69,14 @@ class TrainingPlots(Callback):
         self.unfreeze_steps: dict[str, int] = {}
         self.paths: dict[str, str] = {}
         self._last_recorded = -1
+        #: task-gradient cosines (MultiTaskModule(gradient_conflicts_every=k)): steps, pair rows
+        self.conflict_steps: list[int] = []
+        self.conflicts: list[list[float]] = []
+        #: the last epoch's expert use (read at fit end): per task the mean gate weights, the
+        #: entropies, the experts' labels
+        self.expert_use: list[list[float]] = []
+        self.gate_entropies: list[float] = []
+        self.expert_labels: list[str] = []
 
     # ------------------------------------------------------------------ recording
     def _interval(self, trainer: L.Trainer) -> int:
@@ -92,6 +100,15 @@ class TrainingPlots(Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, i: int
     ) -> None:
+        measured = getattr(pl_module, "last_gradient_cosines", None)
+        if measured is not None and (
+            not self.conflict_steps or measured[0] > self.conflict_steps[-1]
+        ):
+            step_of, cosines = measured
+            t = cosines.shape[0]
+            rows, cols = torch.triu_indices(t, t, offset=1)
+            self.conflict_steps.append(int(step_of))
+            self.conflicts.append([float(v) for v in cosines[rows, cols]])
         step = trainer.global_step  # optimizer steps taken so far
         if step == self._last_recorded or (step - 1) % self._interval(trainer) != 0:
             return
@@ -111,11 +128,29 @@ class TrainingPlots(Callback):
             for name in schedule.trainable_groups(epoch):
                 self.unfreeze_steps.setdefault(name, step)
 
+    def _record_expert_use(self, pl_module: L.LightningModule) -> None:
+        """The module's last epoch of expert use (its epoch-end hook runs after the callbacks',
+        so this is read at fit end)."""
+        usage = getattr(pl_module, "last_expert_use", None)
+        if usage:
+            names = list(usage)
+            widths = {int(w.numel()) for w, _ in usage.values()}
+            if len(widths) == 1:  # one heatmap needs one expert axis
+                self.expert_use = [[float(v) for v in usage[n][0]] for n in names]
+                self.gate_entropies = [float(usage[n][1]) for n in names]
+                self.expert_labels = pl_module.expert_labels(0, widths.pop())
+
     # ------------------------------------------------------------------ plotting
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.logger is None:
             return  # no logger, no log dir: the history stays in the callback
-        from lit_mtl.plots import plot_lr_schedule, plot_task_weights  # only when drawing
+        from lit_mtl.diagnostics import pair_names
+        from lit_mtl.plots import (  # only when drawing
+            plot_expert_use,
+            plot_gradient_conflicts,
+            plot_lr_schedule,
+            plot_task_weights,
+        )
         from lit_mtl.tracking import log_figure
 
         if self.task_weights and self.steps:
@@ -127,6 +162,18 @@ class TrainingPlots(Callback):
             fig = plot_lr_schedule(self.lr_steps, self.lrs, first)
             path = log_figure(trainer, "plots/lr_schedule", fig, "lr_schedule.png")
             self.paths["lr_schedule"] = str(path)
+        self._record_expert_use(pl_module)
+        if self.conflict_steps:
+            pairs = pair_names(self.task_names)
+            fig = plot_gradient_conflicts(self.conflict_steps, self.conflicts, pairs)
+            path = log_figure(trainer, "plots/gradient_conflict", fig, "gradient_conflict.png")
+            self.paths["gradient_conflict"] = str(path)
+        if self.expert_use:
+            fig = plot_expert_use(
+                self.expert_use, self.task_names, self.expert_labels, self.gate_entropies
+            )
+            path = log_figure(trainer, "plots/expert_use", fig, "expert_use.png")
+            self.paths["expert_use"] = str(path)
 
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:
@@ -138,6 +185,8 @@ class TrainingPlots(Callback):
             "lrs": {k: list(v) for k, v in self.lrs.items()},
             "unfreeze_steps": dict(self.unfreeze_steps),
             "last_recorded": self._last_recorded,
+            "conflict_steps": list(self.conflict_steps),
+            "conflicts": [list(c) for c in self.conflicts],
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -148,6 +197,8 @@ class TrainingPlots(Callback):
         self.lrs = {k: list(v) for k, v in state_dict["lrs"].items()}
         self.unfreeze_steps = dict(state_dict["unfreeze_steps"])
         self._last_recorded = int(state_dict["last_recorded"])
+        self.conflict_steps = list(state_dict.get("conflict_steps", []))
+        self.conflicts = [list(c) for c in state_dict.get("conflicts", [])]
 
 
 def weights_tensor(callback: TrainingPlots) -> torch.Tensor:

@@ -17,6 +17,7 @@ from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
 from lit_mtl.checkpoints import check_checkpoint_file, unsafe_error
+from lit_mtl.diagnostics import GateUsage, conflict_share, gradient_cosines, pair_names
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
 from lit_mtl.epoch_metrics import EpochTaskMetrics
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec
@@ -98,6 +99,12 @@ class MultiTaskModule(L.LightningModule):
             valid pixels of the split; LibMTL's normals) or ``"per_batch"`` (the mean of the
             batches' values; the MTAN / CAGrad / Nash-MTL / FAMO code). See
             :mod:`lit_mtl.functional.dense_metrics`.
+        gradient_conflicts_every: every this many optimizer steps, the pairwise cosines of the
+            task gradients (:mod:`lit_mtl.diagnostics`) are logged as
+            ``train/grad_cosine/{a}~{b}`` with ``train/grad_conflict_share`` and drawn over
+            training (``gradient_conflict.png``): from the Gramian a gradient method already
+            computed (its own target: z or the shared parameters), else from the per-task
+            gradients w.r.t. the shared parameters (T extra backward passes that step).
 
     Logged: ``train/loss`` every step; per task, ``train/{task}/loss`` and
     ``train/{task}/weight`` (the step's values) on the steps the trainer writes logs
@@ -130,6 +137,7 @@ class MultiTaskModule(L.LightningModule):
         plots: bool = True,
         select_tasks: Sequence[str] | None = None,
         dense_reduction: Literal["pooled", "per_batch"] = "pooled",
+        gradient_conflicts_every: int | None = None,
     ) -> None:
         super().__init__()
         # Under the lit-mtl CLI the hyperparameters are the parsed config (class_path/init_args
@@ -182,6 +190,18 @@ class MultiTaskModule(L.LightningModule):
             {s.name: Task(s, width, heads.get(s.name), dense_reduction) for s in specs}
         )
         self.dense_reduction = dense_reduction
+        if gradient_conflicts_every is not None and int(gradient_conflicts_every) < 1:
+            raise ValueError(
+                f"gradient_conflicts_every must be >= 1 (or None), got {gradient_conflicts_every}"
+            )
+        self.gradient_conflicts_every = gradient_conflicts_every
+        #: (global step, (T, T) cosines) of the last conflict measurement
+        self.last_gradient_cosines: tuple[int, Tensor] | None = None
+        # mixture-of-experts encoders: the epoch's expert use per task
+        gated = hasattr(encoder, "last_gate_weights")
+        self.gate_usage = GateUsage(names) if gated else None
+        #: the last epoch's {task: (mean gate weight per expert, mean gate entropy)}
+        self.last_expert_use: dict[str, tuple[Tensor, Tensor]] = {}
         self.weighting = weighting if weighting is not None else EqualWeighting()
         self.weighting.bind(
             names,
@@ -433,10 +453,53 @@ class MultiTaskModule(L.LightningModule):
             recompute_losses=lambda: self._recompute_losses(x, targets, masks),
         )
         loss = self.weighting(context)  # its post-step update runs after the optimizer step
+        if self.gate_usage is not None:
+            self.gate_usage.update(self.encoder.last_gate_weights)
+        every = self.gradient_conflicts_every
+        if every is not None and self.global_step % int(every) == 0:
+            self._measure_conflicts(step.losses)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
         self.epoch_metrics["train_metrics"].update(stacked, step.statistics, n)
         self._step_log = (stacked, self.weighting.last_weights, n)  # logged at logging steps
         return loss
+
+    def expert_labels(self, task: int, count: int) -> list[str]:
+        """Names of the experts task ``task``'s gate weighs (the encoder's, else expert0...)."""
+        labels = getattr(self.encoder, "expert_labels", None)
+        names = list(labels(task)) if callable(labels) else []
+        return names if len(names) == count else [f"expert{e}" for e in range(count)]
+
+    def _measure_conflicts(self, losses: Sequence[Tensor]) -> None:
+        """The step's task-gradient cosines: from the weighting's Gramian, or from per-task
+        gradients w.r.t. the shared parameters (averaged over DDP ranks)."""
+        gramian = getattr(self.weighting, "last_gramian", None)
+        if gramian is None:
+            params = self.shared_parameters()
+            rows = []
+            for loss in losses:
+                if not loss.requires_grad:
+                    rows.append(torch.cat([p.new_zeros(p.numel()) for p in params]))
+                    continue
+                grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+                rows.append(
+                    torch.cat(
+                        [
+                            (g if g is not None else p.new_zeros(p.shape)).reshape(-1)
+                            for g, p in zip(grads, params, strict=True)
+                        ]
+                    )
+                )
+            jacobian = torch.stack(rows).float()
+            if self._trainer is not None and self.trainer.world_size > 1:
+                jacobian = self.trainer.strategy.reduce(jacobian, reduce_op="mean")
+            gramian = jacobian @ jacobian.T
+        cosines = gradient_cosines(gramian).float()
+        self.last_gradient_cosines = (int(self.global_step), cosines.detach().cpu())
+        names = self.task_names
+        i, j = torch.triu_indices(len(names), len(names), offset=1)
+        for name, value in zip(pair_names(names), cosines[i, j].tolist(), strict=True):
+            self.log(f"train/grad_cosine/{name}", value)
+        self.log("train/grad_conflict_share", conflict_share(cosines))
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         """Log the step's per-task losses and weights where their values are read: on the steps
@@ -492,6 +555,15 @@ class MultiTaskModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_metrics("train")
+        if self.gate_usage is not None:  # every rank: one all-reduce
+            usage = self.gate_usage.compute()
+            self.gate_usage.reset()
+            self.last_expert_use = {k: (w.cpu(), e.cpu()) for k, (w, e) in usage.items()}
+            for k, (task, (weights, entropy)) in enumerate(usage.items()):
+                labels = self.expert_labels(k, weights.numel())
+                for label, value in zip(labels, weights.tolist(), strict=True):
+                    self.log(f"train/{task}/gate/{label}", value, sync_dist=True)
+                self.log(f"train/{task}/gate/entropy", entropy.float(), sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self.epoch_metrics["val_metrics"].reset()

@@ -19,7 +19,14 @@ from lit_mtl._optional import require
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
 
-__all__ = ["plot_delta_m", "plot_lr_schedule", "plot_task_weights", "plot_tradeoff"]
+__all__ = [
+    "plot_delta_m",
+    "plot_expert_use",
+    "plot_gradient_conflicts",
+    "plot_lr_schedule",
+    "plot_task_weights",
+    "plot_tradeoff",
+]
 
 
 def _figure(width: float = 6.4, height: float = 4.0) -> Figure:
@@ -145,4 +152,91 @@ def plot_tradeoff(
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small")
     ax.grid(alpha=0.3)
+    return fig
+
+
+def plot_expert_use(
+    usage: Sequence[Sequence[float]],
+    task_names: Sequence[str],
+    expert_labels: Sequence[str],
+    entropies: Sequence[float] | None = None,
+    title: str = "expert use (mean gate weight)",
+) -> Figure:
+    """Heatmap tasks x experts of the mean gate weights (rows sum to 1); the gate entropy of each
+    task in its row label.
+
+    >>> fig = plot_expert_use([[0.7, 0.3], [0.1, 0.9]], ["a", "b"], ["e0", "e1"], [0.6, 0.3])
+    >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    ['a (H 0.60)', 'b (H 0.30)']
+    """
+    if len(usage) != len(task_names):
+        raise ValueError(f"{len(usage)} rows for {len(task_names)} task names")
+    if any(len(row) != len(expert_labels) for row in usage):
+        raise ValueError(f"every row needs {len(expert_labels)} values (one per expert)")
+    fig = _figure(max(4.0, 0.6 * len(expert_labels) + 2.5), max(2.5, 0.45 * len(task_names) + 1.5))
+    ax = fig.add_subplot()
+    image = ax.imshow([list(row) for row in usage], vmin=0.0, aspect="auto", cmap="viridis")
+    rows = list(task_names)
+    if entropies is not None:
+        rows = [f"{name} (H {h:.2f})" for name, h in zip(task_names, entropies, strict=True)]
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_xticks(range(len(expert_labels)), list(expert_labels), rotation=45, ha="right")
+    for i, row in enumerate(usage):
+        for j, value in enumerate(row):
+            ax.text(
+                j,
+                i,
+                f"{value:.2f}",
+                ha="center",
+                va="center",
+                fontsize="x-small",
+                color="white" if value < 0.5 * max(max(r) for r in usage) else "black",
+            )
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    ax.set_title(title)
+    return fig
+
+
+def plot_gradient_conflicts(
+    steps: Sequence[int],
+    cosines: Sequence[Sequence[float]],
+    pair_labels: Sequence[str],
+    title: str = "task-gradient cosines",
+) -> Figure:
+    """Heatmap of the pairwise task-gradient cosines (pairs x recorded steps, red = conflict)
+    above the share of conflicting pairs per step.
+
+    >>> fig = plot_gradient_conflicts([0, 5], [[0.5], [-0.2]], ["a~b"])
+    >>> len(fig.axes)  # heatmap, colour bar, share
+    3
+    """
+    if len(steps) != len(cosines):
+        raise ValueError(f"steps ({len(steps)}) and cosines ({len(cosines)}) differ in length")
+    columns = [list(row) for row in cosines]
+    if any(len(row) != len(pair_labels) for row in columns):
+        raise ValueError(f"every row needs {len(pair_labels)} cosines (one per pair)")
+    fig = _figure(7.0, max(3.5, 0.3 * len(pair_labels) + 3.0))
+    grid = fig.add_gridspec(2, 1, height_ratios=[max(1, len(pair_labels) // 4 + 2), 1])
+    ax = fig.add_subplot(grid[0])
+    matrix = [list(col) for col in zip(*columns, strict=True)] if columns else []
+    extent = (min(steps), max(steps) + 1, len(pair_labels) - 0.5, -0.5) if steps else None
+    image = ax.imshow(
+        matrix,
+        vmin=-1.0,
+        vmax=1.0,
+        cmap="RdBu",
+        aspect="auto",
+        interpolation="nearest",
+        extent=extent,
+    )
+    ax.set_yticks(range(len(pair_labels)), list(pair_labels), fontsize="small")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, shrink=0.8, label="cosine")
+    share_ax = fig.add_subplot(grid[1], sharex=ax)
+    shares = [sum(1 for c in row if c < 0) / max(1, len(row)) for row in columns]
+    share_ax.plot(list(steps), shares, color="tab:red")
+    share_ax.set_ylim(-0.05, 1.05)
+    share_ax.set_ylabel("conflicting pairs")
+    share_ax.set_xlabel("optimizer step")
+    share_ax.grid(alpha=0.3)
     return fig

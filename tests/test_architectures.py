@@ -185,3 +185,36 @@ def test_ddp_mmoe_and_ple_ranks_stay_identical(tmp_path) -> None:  # type: ignor
         for key in s0:
             assert torch.equal(s0[key], s1[key]), (name, key)
         assert m0 == m1
+
+
+@pytest.mark.parametrize("architecture", ["mmoe", "ple"])
+def test_resumed_architecture_run_continues_identically(architecture: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lit_mtl import NashMTL
+
+    def run(max_epochs: int, ckpt_path=None, save: bool = False):  # type: ignore[no-untyped-def]
+        L.seed_everything(0)
+        dm = small_data(num_train=64, num_val=16, batch_size=16)
+        module = MultiTaskModule(
+            ARCHITECTURES[architecture](dm.in_features),
+            dm.task_specs,
+            NashMTL(update_weights_every=2),
+            plots=False,
+            optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+        )
+        callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True)] if save else []
+        trainer = fast_trainer(
+            max_epochs=max_epochs,
+            callbacks=callbacks,
+            enable_checkpointing=save,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, dm, ckpt_path=ckpt_path)
+        return module
+
+    full = run(4)
+    run(2, save=True)
+    resumed = run(4, ckpt_path=tmp_path / "last.ckpt")
+    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key

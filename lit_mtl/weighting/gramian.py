@@ -79,6 +79,7 @@ class GramianWeighting(Weighting):
         self.target = self.default_target if target is None else target
         self.engine = engine_for(self.target, chunk_size)
         self.add_state("nonfinite_steps", torch.zeros((), dtype=torch.long))
+        self.last_gramian: Tensor | None = None
 
     def _bind_encoder(self, encoder: nn.Module) -> None:
         if isinstance(self.engine, ParameterEngine):
@@ -94,7 +95,9 @@ class GramianWeighting(Weighting):
         mean_losses, present_all = ctx.rank_mean_losses
         flags = (present_all & ctx.present).tolist()
         jacobian = self.engine.jacobian(ctx, flags, owner=type(self).__name__)
-        weights = self._solve(jacobian.gramian(), mean_losses, present_all)
+        gramian = jacobian.gramian()
+        self.last_gramian = gramian.detach()  # the step's T x T Gramian (diagnostics read it)
+        weights = self._solve(gramian, mean_losses, present_all)
         value = self._weighted_sum(weights, ctx.stacked, present_all)
         return jacobian.apply(self.last_weights, value)
 
