@@ -15,7 +15,12 @@ from lit_mtl.data import (
     SyntheticDataModule,
     TorchvisionDataModule,
 )
-from lit_mtl.dense_encoders import DenseCNNEncoder, DilatedResNetEncoder, SegNetEncoder
+from lit_mtl.dense_encoders import (
+    DenseCNNEncoder,
+    DilatedResNetEncoder,
+    SegNetEncoder,
+    SegNetMTAN,
+)
 from lit_mtl.dense_metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
 from lit_mtl.encoders import CNNEncoder, Conv1dEncoder, Encoder, MLPEncoder, TorchvisionEncoder
 from lit_mtl.multitask import MultiTaskModule, unpack_batch
@@ -92,6 +97,7 @@ __all__ = [
     "PCGrad",
     "ProceduralScenesDataModule",
     "SegNetEncoder",
+    "SegNetMTAN",
     "SegmentationMetrics",
     "StaticWeighting",
     "StepContext",
