@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch  # noqa: F401  (the doctests' namespace)
+import torch
 from torch import Tensor, nn
 
 from lit_mtl._optional import require

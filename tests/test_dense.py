@@ -238,7 +238,7 @@ def test_segnet_mtan_is_the_papers_size_with_attention_per_task() -> None:
     assert sum(p.numel() for p in module.parameters()) / 1e6 == pytest.approx(44.229, abs=5e-4)
     small = SegNetMTAN(3, (4, 4, 8, 8, 8))
     small.bind_tasks(["a", "b"])
-    first, second = small(torch.randn(2, 3, 32, 32))
+    first, _second = small(torch.randn(2, 3, 32, 32))
     first.sum().backward()  # task a's output never reaches task b's attention modules
     assert all(p.grad is None for p in small.encoder_att[1].parameters())
     assert all(p.grad is not None for p in small.encoder_att[0].parameters())
