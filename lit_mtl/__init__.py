@@ -1,6 +1,6 @@
 """lit_mtl: PyTorch Lightning building blocks for multi-task and transfer learning."""
 
-from lit_mtl.architectures import CGC, PLE, MMoE, OMoE
+from lit_mtl.architectures import CGC, PLE, CrossStitch, MMoE, OMoE
 from lit_mtl.data import (
     CityScapesDataModule,
     DigitsDataModule,
@@ -73,6 +73,7 @@ __all__ = [
     "CNNEncoder",
     "CityScapesDataModule",
     "Conv1dEncoder",
+    "CrossStitch",
     "DenseCNNEncoder",
     "DepthMetrics",
     "DigitsDataModule",

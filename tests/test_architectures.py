@@ -13,6 +13,7 @@ from test_weighting import METHODS
 from lit_mtl import (
     CGC,
     PLE,
+    CrossStitch,
     MMoE,
     MMoESyntheticDataModule,
     MultiTaskModule,
@@ -116,7 +117,7 @@ def test_every_method_on_every_architecture(architecture: str, method: str) -> N
     dm = small_data(num_train=64, num_val=16, batch_size=16)
     encoder = ARCHITECTURES[architecture](dm.in_features)
     if method == "gradnorm":  # W = the last shared layer: not one layer in a mixture
-        with pytest.raises(ValueError, match=f"{type(encoder).__name__} has no single last"):
+        with pytest.raises(ValueError, match=f"{type(encoder).__name__} has no (single last )?sh"):
             MultiTaskModule(encoder, dm.task_specs, METHODS[method](), plots=False)
         return
     module = MultiTaskModule(
@@ -218,3 +219,36 @@ def test_resumed_architecture_run_continues_identically(architecture: str, tmp_p
     resumed = run(4, ckpt_path=tmp_path / "last.ckpt")
     for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
+
+
+def test_cross_stitch_mixes_the_task_networks_with_learned_units() -> None:
+    torch.manual_seed(0)
+    net = CrossStitch(5, widths=[4, 3], alpha_same=0.8)
+    net.bind_tasks(["a", "b"])
+    x = torch.randn(6, 5)
+    with torch.no_grad():
+        net.stitches[1].copy_(torch.tensor([[0.7, 0.3], [0.4, 0.6]]))
+    za, zb = net(x)
+    first = [net.networks[t][0](x) for t in range(2)]  # layer 1, then the initial unit
+    mixed = [0.8 * first[0] + 0.2 * first[1], 0.2 * first[0] + 0.8 * first[1]]
+    second = [net.networks[t][1](mixed[t]) for t in range(2)]
+    assert torch.allclose(za, 0.7 * second[0] + 0.3 * second[1], atol=1e-6)
+    assert torch.allclose(zb, 0.4 * second[0] + 0.6 * second[1], atol=1e-6)
+    za.sum().backward()  # through the stitches task a's loss reaches task b's network
+    assert net.networks[1][0][0].weight.grad is not None
+    assert {id(p) for p in net.shared_parameters()} == {id(p) for p in net.parameters()}
+
+
+def test_mmoe_synthetic_per_task_datasets_share_functions_not_inputs() -> None:
+    dm = MMoESyntheticDataModule(p=0.5, in_features=6, num_train=32, num_val=8, num_test=8)
+    per_task = dm.per_task_datasets("train")
+    (x1, y1), (x2, y2) = per_task["task1"][0], per_task["task2"][0]
+    assert set(y1) == {"task1"} and set(y2) == {"task2"}
+    assert not torch.equal(x1, x2)  # each task its own sample
+    again = dm.per_task_datasets("train")["task1"]
+    assert torch.equal(again.inputs, per_task["task1"].inputs)  # seeded
+    assert not torch.equal(
+        dm.per_task_datasets("test")["task1"].inputs[:8], per_task["task1"].inputs[:8]
+    )
+    with pytest.raises(ValueError, match="split must be one of"):
+        dm.per_task_datasets("holdout")

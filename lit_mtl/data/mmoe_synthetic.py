@@ -133,16 +133,40 @@ class MMoESyntheticDataModule(SplitDataModule):
     def task_names(self) -> list[str]:
         return ["task1", "task2"]
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.datasets:
-            return
+    def _functions(self) -> dict[str, Tensor]:
         hp = self.hparams
-        functions = mmoe_functions(
+        return mmoe_functions(
             self.in_features,
             float(hp.scale),
             int(hp.num_sinusoids),
             torch.Generator().manual_seed(int(hp.function_seed)),
         )
+
+    def per_task_datasets(self, split: str = "train") -> dict[str, MultiTaskTensorDataset]:
+        """One dataset per task, each with its own inputs (the same functions, independent
+        samples of the split's size, seeded by (seed, task)): ``{task: dataset yielding
+        (x, {task: y})}``, for training where each task brings its own data."""
+        hp = self.hparams
+        sizes = {"train": hp.num_train, "val": hp.num_val, "test": hp.num_test}
+        if split not in sizes:
+            raise ValueError(f"split must be one of {sorted(sizes)}, got {split!r}")
+        functions = self._functions()
+        out = {}
+        for k, name in enumerate(self.task_names):
+            split_index = ("train", "val", "test").index(split)
+            seed = (int(hp.seed) * 1_000_003 + k + 1) * 3 + split_index
+            generator = torch.Generator().manual_seed(seed)
+            x, y1, y2 = make_mmoe_synthetic(
+                int(sizes[split]), self.p, generator, functions, float(hp.noise_std)
+            )
+            out[name] = MultiTaskTensorDataset(x, {name: (y1, y2)[k]})
+        return out
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        hp = self.hparams
+        functions = self._functions()
         generator = torch.Generator().manual_seed(int(hp.seed))
         for split, n in (("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test)):
             x, y1, y2 = make_mmoe_synthetic(
