@@ -453,7 +453,7 @@ class MultiTaskModule(L.LightningModule):
             recompute_losses=lambda: self._recompute_losses(x, targets, masks),
         )
         loss = self.weighting(context)  # its post-step update runs after the optimizer step
-        if self.gate_usage is not None:
+        if self.gate_usage is not None and self.encoder.last_gate_weights:  # gated experts
             self.gate_usage.update(self.encoder.last_gate_weights)
         every = self.gradient_conflicts_every
         if every is not None and self.global_step % int(every) == 0:

@@ -31,6 +31,7 @@ ARCHITECTURES = {
     "omoe": lambda d: OMoE(d, num_experts=3, expert_widths=[8]),
     "cgc": lambda d: CGC(d, num_shared_experts=2, num_task_experts=1, expert_widths=[8]),
     "ple": lambda d: PLE(d, levels=2, num_shared_experts=1, num_task_experts=1, expert_widths=[8]),
+    "cross_stitch": lambda d: CrossStitch(d, widths=[8, 8]),
 }
 
 

@@ -128,7 +128,7 @@ def test_fused_backward_equals_backward_of_weighted_losses(factory) -> None:  # 
     c = module.weighting.last_weights.clone()
     module.zero_grad()
     x, targets = batch
-    losses = module._task_losses(x, targets, {}, train=False)[1]
+    losses = module._task_losses(x, targets, {}, train=False).losses
     reference = (c * torch.stack(losses)).sum()
     assert loss.item() == pytest.approx(reference.item(), rel=1e-5)
     reference.backward()
