@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from lit_mtl.encoders import Encoder, _activation
 from lit_mtl.tasks import TaskSpec
 
-__all__ = ["CGC", "PLE", "CrossStitch", "MMoE", "OMoE", "Tower", "gate_dropout"]
+__all__ = ["CGC", "PLE", "CrossStitch", "MMoE", "OMoE", "TaskBinding", "Tower", "gate_dropout"]
 
 
 def gate_dropout(weights: Tensor, p: float, generator: torch.Generator | None = None) -> Tensor:
@@ -125,7 +125,38 @@ def _mix(weights: Tensor, experts: Tensor) -> Tensor:
     return torch.einsum("ne,ned->nd", weights.to(experts.dtype), experts)
 
 
-class _RoutedEncoder(Encoder):
+class TaskBinding:
+    """``bind_tasks(names)`` once (the same names again is a no-op) and the error for a forward
+    before it; subclasses build their per-task parts in ``_build_tasks(num_tasks)``."""
+
+    task_names: list[str]
+
+    def _require_bound(self) -> None:
+        if not self.task_names:
+            raise RuntimeError(
+                f"{type(self).__name__} has no tasks yet: MultiTaskModule calls bind_tasks(names) "
+                "(drop-in use: call it yourself before building the optimizer)"
+            )
+
+    def bind_tasks(self, names: Sequence[str]) -> None:
+        """Build the per-task parts for these tasks (once; the same names again is a no-op)."""
+        names = list(names)
+        if self.task_names:
+            if names != self.task_names:
+                raise ValueError(
+                    f"{type(self).__name__} is bound to tasks {self.task_names}, not {names}"
+                )
+            return
+        if not names:
+            raise ValueError(f"{type(self).__name__}.bind_tasks: no task names")
+        self.task_names = names
+        self._build_tasks(len(names))
+
+    def _build_tasks(self, num_tasks: int) -> None:
+        raise NotImplementedError
+
+
+class _RoutedEncoder(TaskBinding, Encoder):
     """The contract's common part (module docstring)."""
 
     per_task_outputs = True
@@ -149,36 +180,12 @@ class _RoutedEncoder(Encoder):
         self.task_names: list[str] = []
         self.last_gate_weights: list[Tensor] = []
 
-    def _require_bound(self) -> None:
-        if not self.task_names:
-            raise RuntimeError(
-                f"{type(self).__name__} has no tasks yet: MultiTaskModule calls bind_tasks(names) "
-                "(drop-in use: call it yourself before building the optimizer)"
-            )
-
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expects (N, {self.in_features}) inputs, got "
                 f"{tuple(x.shape)}"
             )
-
-    def bind_tasks(self, names: Sequence[str]) -> None:
-        """Build the per-task parts for these tasks (once; the same names again is a no-op)."""
-        names = list(names)
-        if self.task_names:
-            if names != self.task_names:
-                raise ValueError(
-                    f"{type(self).__name__} is bound to tasks {self.task_names}, not {names}"
-                )
-            return
-        if not names:
-            raise ValueError(f"{type(self).__name__}.bind_tasks: no task names")
-        self.task_names = names
-        self._build_tasks(len(names))
-
-    def _build_tasks(self, num_tasks: int) -> None:
-        raise NotImplementedError
 
     def make_head(self, spec: TaskSpec) -> nn.Module:
         """The task's tower (``tower_widths`` hidden layers, then its outputs)."""

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_mtl._optional import require
+from lit_mtl.architectures import TaskBinding
 from lit_mtl.encoders import Encoder
 from lit_mtl.tasks import DenseHead, PooledLinear, TaskSpec
 
@@ -260,7 +261,7 @@ def _attention(in_channels: int, mid: int, out: int) -> nn.Sequential:
     )
 
 
-class SegNetMTAN(SegNetEncoder):
+class SegNetMTAN(TaskBinding, SegNetEncoder):
     """SegNet-MTAN (Liu, Johns, Davison, "End-to-End Multi-Task Learning with Attention", CVPR
     2019), the architecture of the MTAN / CAGrad / Nash-MTL / FAMO NYUv2 and CityScapes tables:
     the shared SegNet (:class:`SegNetEncoder`) plus, for each task, its own soft-attention
@@ -298,18 +299,10 @@ class SegNetMTAN(SegNetEncoder):
         self.decoder_att = nn.ModuleList()
         self.task_names: list[str] = []
 
-    def bind_tasks(self, names: Sequence[str]) -> None:
-        """Build each task's own attention modules (once; the same names again is a no-op)."""
-        names = list(names)
-        if self.task_names:
-            if names != self.task_names:
-                raise ValueError(f"SegNetMTAN is bound to tasks {self.task_names}, not {names}")
-            return
-        if not names:
-            raise ValueError("SegNetMTAN.bind_tasks: no task names")
+    def _build_tasks(self, num_tasks: int) -> None:
+        """Each task's own attention modules."""
         f = self.filters
-        self.task_names = names
-        for _ in names:
+        for _ in range(num_tasks):
             self.encoder_att.append(
                 nn.ModuleList(
                     [_attention(f[0], f[0], f[0])]
@@ -324,11 +317,7 @@ class SegNetMTAN(SegNetEncoder):
             )
 
     def forward(self, x: Tensor) -> list[Tensor]:  # type: ignore[override]
-        if not self.task_names:
-            raise RuntimeError(
-                "SegNetMTAN has no tasks yet: MultiTaskModule calls bind_tasks(names) "
-                "(drop-in use: call it yourself before building the optimizer)"
-            )
+        self._require_bound()
         _check_images("SegNetMTAN", x, self.in_channels, 32)
         # the shared SegNet, keeping each level's first-layer output and its full output
         first, last, indices = [], [], []

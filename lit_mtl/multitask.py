@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from lit_mtl.checkpoints import check_checkpoint_file, unsafe_error
 from lit_mtl.diagnostics import GateUsage, conflict_share, gradient_cosines, pair_names
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
+from lit_mtl.engines.representation import gradients_of
 from lit_mtl.epoch_metrics import EpochTaskMetrics
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec
 from lit_mtl.weighting import EqualWeighting, Weighting
@@ -474,22 +475,9 @@ class MultiTaskModule(L.LightningModule):
         gradients w.r.t. the shared parameters (averaged over DDP ranks)."""
         gramian = getattr(self.weighting, "last_gramian", None)
         if gramian is None:
-            params = self.shared_parameters()
-            rows = []
-            for loss in losses:
-                if not loss.requires_grad:
-                    rows.append(torch.cat([p.new_zeros(p.numel()) for p in params]))
-                    continue
-                grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-                rows.append(
-                    torch.cat(
-                        [
-                            (g if g is not None else p.new_zeros(p.shape)).reshape(-1)
-                            for g, p in zip(grads, params, strict=True)
-                        ]
-                    )
-                )
-            jacobian = torch.stack(rows).float()
+            per_param = gradients_of(losses, [True] * len(losses), self.shared_parameters())
+            t = len(losses)
+            jacobian = torch.cat([g.reshape(t, -1) for g in per_param], dim=1).float()
             if self._trainer is not None and self.trainer.world_size > 1:
                 jacobian = self.trainer.strategy.reduce(jacobian, reduce_op="mean")
             gramian = jacobian @ jacobian.T

@@ -195,3 +195,31 @@ def write_oxford_pet(root: Any, trainval: int = 6, test: int = 3, size: int = 20
             Image.fromarray(trimap, mode="L").save(base / "annotations" / "trimaps" / f"{name}.png")
             lines.append(f"{name} {label} {species} {i + 1}")
         (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def assert_resumes_identically(tmp_path: Any, make_data: Any, make_module: Any) -> None:
+    """A 4-epoch fit ends with the same state as a 2-epoch fit saved to ``last.ckpt`` and
+    resumed to 4 epochs (every entry of the module's state_dict, exactly).
+
+    ``make_data()`` returns a fresh DataModule, ``make_module(dm)`` a fresh module for it."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def run(max_epochs: int, ckpt_path: Any = None, save: bool = False) -> L.LightningModule:
+        L.seed_everything(0)
+        dm = make_data()
+        module = make_module(dm)
+        callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True)] if save else []
+        trainer = fast_trainer(
+            max_epochs=max_epochs,
+            callbacks=callbacks,
+            enable_checkpointing=save,
+            default_root_dir=tmp_path,
+        )
+        trainer.fit(module, dm, ckpt_path=ckpt_path)
+        return module
+
+    full = run(4)
+    run(2, save=True)
+    resumed = run(4, ckpt_path=tmp_path / "last.ckpt")
+    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), key

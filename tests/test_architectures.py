@@ -24,7 +24,7 @@ from lit_mtl import (
 from lit_mtl.architectures import gate_dropout
 from lit_mtl.data.mmoe_synthetic import make_mmoe_synthetic, mmoe_functions
 
-from conftest import fast_trainer, small_data
+from conftest import assert_resumes_identically, fast_trainer, small_data
 
 ARCHITECTURES = {
     "mmoe": lambda d: MMoE(d, num_experts=3, expert_widths=[8]),
@@ -191,35 +191,19 @@ def test_ddp_mmoe_and_ple_ranks_stay_identical(tmp_path) -> None:  # type: ignor
 
 @pytest.mark.parametrize("architecture", ["mmoe", "ple"])
 def test_resumed_architecture_run_continues_identically(architecture: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from lit_mtl import NashMTL
 
-    def run(max_epochs: int, ckpt_path=None, save: bool = False):  # type: ignore[no-untyped-def]
-        L.seed_everything(0)
-        dm = small_data(num_train=64, num_val=16, batch_size=16)
-        module = MultiTaskModule(
+    assert_resumes_identically(
+        tmp_path,
+        lambda: small_data(num_train=64, num_val=16, batch_size=16),
+        lambda dm: MultiTaskModule(
             ARCHITECTURES[architecture](dm.in_features),
             dm.task_specs,
             NashMTL(update_weights_every=2),
             plots=False,
             optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
-        )
-        callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True)] if save else []
-        trainer = fast_trainer(
-            max_epochs=max_epochs,
-            callbacks=callbacks,
-            enable_checkpointing=save,
-            default_root_dir=tmp_path,
-        )
-        trainer.fit(module, dm, ckpt_path=ckpt_path)
-        return module
-
-    full = run(4)
-    run(2, save=True)
-    resumed = run(4, ckpt_path=tmp_path / "last.ckpt")
-    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b), key
+        ),
+    )
 
 
 def test_cross_stitch_mixes_the_task_networks_with_learned_units() -> None:

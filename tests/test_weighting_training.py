@@ -7,12 +7,11 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from test_weighting import METHODS
 
 from lit_mtl import DBMTL, DWA, FAMO, MGDAUB, RLW, CAGrad, GradNorm, NashMTL, PCGrad
 
-from conftest import fast_trainer, small_data, small_module
+from conftest import assert_resumes_identically, fast_trainer, small_data, small_module
 
 STATEFUL = {
     "gradnorm": GradNorm,
@@ -27,25 +26,7 @@ STATEFUL = {
 
 @pytest.mark.parametrize("name", sorted(STATEFUL))
 def test_resumed_run_continues_identically(name: str, tmp_path: Path) -> None:
-    def run(max_epochs: int, ckpt_path=None, save: bool = False):  # type: ignore[no-untyped-def]
-        L.seed_everything(0)
-        dm = small_data()
-        module = small_module(dm, STATEFUL[name]())
-        callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True)] if save else []
-        trainer = fast_trainer(
-            max_epochs=max_epochs,
-            callbacks=callbacks,
-            enable_checkpointing=save,
-            default_root_dir=tmp_path,
-        )
-        trainer.fit(module, dm, ckpt_path=ckpt_path)
-        return module
-
-    full = run(4)
-    run(2, save=True)
-    resumed = run(4, ckpt_path=tmp_path / "last.ckpt")
-    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b), key
+    assert_resumes_identically(tmp_path, small_data, lambda dm: small_module(dm, STATEFUL[name]()))
 
 
 def test_gradnorm_and_famo_update_once_per_optimizer_step() -> None:

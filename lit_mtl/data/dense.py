@@ -45,14 +45,6 @@ class DenseDataModule(SplitDataModule):
     augment: bool = False
     scales: Sequence[float] = (1.0, 1.2, 1.5)
 
-    @property
-    def num_tasks(self) -> int:
-        return len(self.task_specs)
-
-    @property
-    def task_names(self) -> list[str]:
-        return [s.name for s in self.task_specs]
-
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         batch = super().on_after_batch_transfer(batch, dataloader_idx)  # counts the batch
         trainer = self.trainer

@@ -147,7 +147,6 @@ class LabelledDataModule(SplitDataModule):
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.task_names = names
         self.labels_per_class = labels_per_class
         self.val_fraction = float(val_fraction)
         self.batch_size = int(batch_size)
@@ -163,10 +162,6 @@ class LabelledDataModule(SplitDataModule):
                 outputs = len(self.classes)
             self.task_specs.append(TaskSpec(name, task.kind, outputs))  # type: ignore[arg-type]
         self.datasets: dict[str, TaskDerivedDataset] = {}
-
-    @property
-    def num_tasks(self) -> int:
-        return len(self.task_specs)
 
     # ------------------------------------------------------------------ subclass API
     def _load_split(self, split: str) -> tuple[Dataset, np.ndarray]:

@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lit_mtl.tasks import TaskSpec
+
 __all__ = ["EpochSeededSampler", "ResumableDataLoader", "SplitDataModule"]
 
 
@@ -62,6 +64,7 @@ class SplitDataModule(L.LightningDataModule):
     ``persistent_workers`` and shuffle the train split with :class:`EpochSeededSampler`."""
 
     datasets: dict[str, Dataset]
+    task_specs: list[TaskSpec]  # set by every DataModule's __init__
     batch_size: int = 64
     num_workers: int = 0
     pin_memory: bool = False
@@ -93,6 +96,14 @@ class SplitDataModule(L.LightningDataModule):
         epoch, batches = int(state_dict["train_epoch"]), int(state_dict["train_batches"])
         self._consumed = (epoch, batches)
         self._resume_at = (epoch, batches) if epoch >= 0 else None
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.task_specs)
+
+    @property
+    def task_names(self) -> list[str]:
+        return [s.name for s in self.task_specs]
 
     def optional_splits(self) -> tuple[str, ...]:
         """Splits that may be empty by the user's choice (e.g. ``val_fraction=0``); any other

@@ -125,14 +125,6 @@ class MMoESyntheticDataModule(SplitDataModule):
         self.task_specs = [TaskSpec("task1", "regression"), TaskSpec("task2", "regression")]
         self.datasets: dict[str, MultiTaskTensorDataset] = {}
 
-    @property
-    def num_tasks(self) -> int:
-        return 2
-
-    @property
-    def task_names(self) -> list[str]:
-        return ["task1", "task2"]
-
     def _functions(self) -> dict[str, Tensor]:
         hp = self.hparams
         return mmoe_functions(

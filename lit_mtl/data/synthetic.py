@@ -181,14 +181,6 @@ class SyntheticDataModule(SplitDataModule):
         self.datasets: dict[str, MultiTaskTensorDataset] = {}
 
     @property
-    def num_tasks(self) -> int:
-        return len(self.task_specs)
-
-    @property
-    def task_names(self) -> list[str]:
-        return [s.name for s in self.task_specs]
-
-    @property
     def input_shape(self) -> tuple[int, ...]:
         return (self.in_features,)
 
