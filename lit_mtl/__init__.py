@@ -4,6 +4,7 @@ from lit_mtl.architectures import CGC, PLE, CrossStitch, MMoE, OMoE
 from lit_mtl.data import (
     CityScapesDataModule,
     DigitsDataModule,
+    DigitsDomainsDataModule,
     DigitsOverlayDataModule,
     MMoESyntheticDataModule,
     MNIST1DDataModule,
@@ -11,6 +12,7 @@ from lit_mtl.data import (
     MultiTaskTensorDataset,
     NYUv2DataModule,
     OxfordPetDataModule,
+    PerTaskDataModule,
     ProceduralScenesDataModule,
     SyntheticDataModule,
     TorchvisionDataModule,
@@ -23,8 +25,8 @@ from lit_mtl.dense_encoders import (
 )
 from lit_mtl.dense_metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
 from lit_mtl.encoders import CNNEncoder, Conv1dEncoder, Encoder, MLPEncoder, TorchvisionEncoder
-from lit_mtl.multitask import MultiTaskModule, unpack_batch
-from lit_mtl.tasks import IGNORE_INDEX, Task, TaskSpec
+from lit_mtl.multitask import MultiTaskModule, TaskBatch, unpack_batch, unpack_task_batch
+from lit_mtl.tasks import IGNORE_INDEX, Task, TaskSpec, product_logit
 from lit_mtl.transfer import (
     TransferModule,
     UnfreezeSchedule,
@@ -77,6 +79,7 @@ __all__ = [
     "DenseCNNEncoder",
     "DepthMetrics",
     "DigitsDataModule",
+    "DigitsDomainsDataModule",
     "DigitsOverlayDataModule",
     "DilatedResNetEncoder",
     "Encoder",
@@ -96,6 +99,7 @@ __all__ = [
     "OMoE",
     "OxfordPetDataModule",
     "PCGrad",
+    "PerTaskDataModule",
     "ProceduralScenesDataModule",
     "SegNetEncoder",
     "SegNetMTAN",
@@ -104,6 +108,7 @@ __all__ = [
     "StepContext",
     "SyntheticDataModule",
     "Task",
+    "TaskBatch",
     "TaskSpec",
     "TorchvisionDataModule",
     "TorchvisionEncoder",
@@ -115,7 +120,9 @@ __all__ = [
     "Weighting",
     "__version__",
     "load_source_into",
+    "product_logit",
     "step_context",
     "task_views",
     "unpack_batch",
+    "unpack_task_batch",
 ]

@@ -32,7 +32,8 @@ class EpochTaskMetrics(nn.Module):
             (:mod:`lit_mtl.functional.dense_metrics`).
 
     ``task/loss`` is the batch-size-weighted mean of the task's batch losses (as Lightning's
-    ``self.log(..., batch_size=n)`` epoch mean, synchronised); a task's metrics are absent when
+    ``self.log(..., batch_size=n)`` epoch mean, synchronised; with one batch per task, as in
+    multi-input training, each task's own batch sizes); a task's metrics are absent when
     none of its entries was labelled in the epoch. The state is not saved in checkpoints (as
     torchmetrics' states): a run resumed mid-epoch reports that epoch from the resumed batches.
     """
@@ -53,7 +54,7 @@ class EpochTaskMetrics(nn.Module):
         # plain tensors, not buffers: they follow the data's device at the first update (float64
         # where the device has it; MPS has not), and module.to() never has to convert them
         self.loss_sums = torch.zeros(num_tasks, dtype=torch.float64)
-        self.samples = torch.zeros((), dtype=torch.float64)
+        self.samples = torch.zeros(num_tasks, dtype=torch.float64)
         self.totals = torch.zeros(total, dtype=torch.float64)
         self.updates = 0  # on this rank, since the last reset
 
@@ -63,12 +64,18 @@ class EpochTaskMetrics(nn.Module):
         self.samples = self.samples.to(device, dtype)
         self.totals = self.totals.to(device, dtype)
 
-    def update(self, losses: Tensor, statistics: Tensor, batch_size: int) -> None:
-        """Add one batch: its (T,) task losses, its concatenated statistics, its size."""
+    def update(self, losses: Tensor, statistics: Tensor, batch_size: int | Sequence[int]) -> None:
+        """Add one batch: its (T,) task losses, its concatenated statistics, its size (or each
+        task's batch size, 0 for a task absent from the step)."""
         if self.totals.device != statistics.device:
             self._follow(statistics.device)
-        self.loss_sums.add_(losses.detach(), alpha=batch_size)  # promoted to float64 in place
-        self.samples.add_(batch_size)
+        if isinstance(batch_size, int):
+            self.loss_sums.add_(losses.detach(), alpha=batch_size)  # promoted to float64
+            self.samples.add_(batch_size)
+        else:
+            sizes = torch.tensor(batch_size, dtype=self.samples.dtype).to(self.samples.device)
+            self.loss_sums.add_(losses.detach() * sizes)
+            self.samples.add_(sizes)
         self.totals.add_(statistics.detach())
         self.updates += 1
 
@@ -79,16 +86,16 @@ class EpochTaskMetrics(nn.Module):
 
     def compute(self) -> dict[str, Tensor]:
         """The epoch's values over all ranks (every rank must call it: one all-reduce)."""
-        packed = torch.cat([self.loss_sums, self.samples.reshape(1), self.totals])
+        packed = torch.cat([self.loss_sums, self.samples, self.totals])
         packed = all_reduce_sum(packed)
         num_tasks = len(self.specs)
-        loss_sums, samples = packed[:num_tasks], packed[num_tasks]
-        totals = packed[num_tasks + 1 :]
+        loss_sums, samples = packed[:num_tasks], packed[num_tasks : 2 * num_tasks]
+        totals = packed[2 * num_tasks :]
         values: dict[str, Tensor] = {}
         offset = 0
         for i, (spec, size) in enumerate(zip(self.specs, self.sizes, strict=True)):
-            if samples > 0:
-                values[f"{spec.name}/loss"] = loss_sums[i] / samples
+            if samples[i] > 0:
+                values[f"{spec.name}/loss"] = loss_sums[i] / samples[i]
             stats = totals[offset : offset + size]
             offset += size
             for name, value in metrics_from_statistics(

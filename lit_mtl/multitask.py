@@ -19,12 +19,12 @@ from torch import Tensor, nn
 from lit_mtl.checkpoints import check_checkpoint_file, unsafe_error
 from lit_mtl.diagnostics import GateUsage, conflict_share, gradient_cosines, pair_names
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
-from lit_mtl.engines.representation import gradients_of
+from lit_mtl.engines.representation import RepresentationEngine, gradients_of
 from lit_mtl.epoch_metrics import EpochTaskMetrics
-from lit_mtl.tasks import Task, TaskSpec, as_task_spec
+from lit_mtl.tasks import Task, TaskSpec, as_task_spec, product_logit
 from lit_mtl.weighting import EqualWeighting, Weighting
 
-__all__ = ["MultiTaskModule", "unpack_batch"]
+__all__ = ["MultiTaskModule", "TaskBatch", "unpack_batch", "unpack_task_batch"]
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +34,110 @@ Batch = Any
 STAGES = ("train", "val", "test")
 
 
-def unpack_batch(batch: Batch) -> tuple[Tensor, Mapping[str, Tensor], Mapping[str, Tensor]]:
-    """Split a batch into (inputs, targets by task, masks by task).
+class TaskBatch(NamedTuple):
+    """One batch of inputs with its targets, masks and sample weights by task name."""
 
-    Accepted forms: ``(x, targets)``, ``(x, targets, masks)`` or a mapping with keys ``inputs``,
-    ``targets`` and optionally ``masks``. ``targets``/``masks`` map task names to tensors.
+    inputs: Any
+    targets: Mapping[str, Tensor]
+    masks: Mapping[str, Tensor]
+    weights: Mapping[str, Tensor]
+
+
+def unpack_task_batch(batch: Batch) -> TaskBatch:
+    """Split a batch into its inputs and its targets, masks and sample weights by task.
+
+    Accepted forms: ``(x, targets)``, ``(x, targets, masks)``, ``(x, targets, masks, weights)``
+    or a mapping with keys ``inputs``, ``targets`` and optionally ``masks`` and ``weights``.
+    ``targets``/``masks``/``weights`` map task names to tensors (weights: (N,) per sample).
     """
     if isinstance(batch, Mapping):
         if "inputs" not in batch or "targets" not in batch:
             raise ValueError(
                 f"a dict batch needs the keys 'inputs' and 'targets', got {sorted(batch)}"
             )
-        return batch["inputs"], batch["targets"], batch.get("masks") or {}
-    if isinstance(batch, list | tuple) and len(batch) in (2, 3):
+        return TaskBatch(
+            batch["inputs"], batch["targets"], batch.get("masks") or {}, batch.get("weights") or {}
+        )
+    if isinstance(batch, list | tuple) and len(batch) in (2, 3, 4):
         x, targets = batch[0], batch[1]
-        masks = batch[2] if len(batch) == 3 else {}
-        return x, targets, masks
+        masks = batch[2] if len(batch) >= 3 else {}
+        weights = batch[3] if len(batch) == 4 else {}
+        return TaskBatch(x, targets, masks or {}, weights or {})
     raise ValueError(
-        "a batch must be (inputs, targets), (inputs, targets, masks) or a dict with 'inputs' and "
-        f"'targets'; got {type(batch).__name__}"
+        "a batch must be (inputs, targets), (inputs, targets, masks), (inputs, targets, masks, "
+        "weights), a dict with 'inputs' and 'targets', or (multi-input) a dict {task: batch}; "
+        f"got {type(batch).__name__}"
         + (f" of length {len(batch)}" if isinstance(batch, list | tuple) else "")
     )
+
+
+def unpack_batch(batch: Batch) -> tuple[Tensor, Mapping[str, Tensor], Mapping[str, Tensor]]:
+    """Split a batch into (inputs, targets by task, masks by task); see
+    :func:`unpack_task_batch` for the accepted forms."""
+    parsed = unpack_task_batch(batch)
+    return parsed.inputs, parsed.targets, parsed.masks
+
+
+def _is_multi_input(batch: Batch) -> bool:
+    """A mapping ``{task: batch}`` (each task its own inputs), not ``{"inputs": ..., ...}``."""
+    return isinstance(batch, Mapping) and "inputs" not in batch and "targets" not in batch
+
+
+def _shared_inputs(parts: Mapping[str, TaskBatch], names: Sequence[str]) -> TaskBatch | None:
+    """The one batch of a multi-input step whose tasks all read the same input tensor (equal
+    values), with every task's own target, mask and weight; None otherwise. Costs one
+    comparison per task (a host read on an accelerator)."""
+    if any(name not in parts for name in names):
+        return None
+    first = parts[names[0]].inputs
+    for name in names[1:]:
+        x = parts[name].inputs
+        if not (
+            isinstance(x, Tensor)
+            and isinstance(first, Tensor)
+            and x.shape == first.shape
+            and (x is first or torch.equal(x, first))
+        ):
+            return None
+    pick = {
+        field: {
+            name: getattr(parts[name], field)[name]
+            for name in names
+            if name in getattr(parts[name], field)
+        }
+        for field in ("targets", "masks", "weights")
+    }
+    for name in names:  # a conditional task's parent target comes from its own batch
+        for parent, value in parts[name].targets.items():
+            pick["targets"].setdefault(parent, value)
+    return TaskBatch(first, pick["targets"], pick["masks"], pick["weights"])
+
+
+def _total(batch_size: int | Sequence[int]) -> int:
+    return batch_size if isinstance(batch_size, int) else sum(batch_size)
+
+
+def _check_task_relations(specs: Sequence[TaskSpec]) -> None:
+    """Parents and product factors name binary tasks of the module (factors with heads)."""
+    by_name = {s.name: s for s in specs}
+    for spec in specs:
+        related = ([spec.parent] if spec.parent else []) + list(spec.product_of or ())
+        for other in related:
+            if other not in by_name:
+                raise ValueError(
+                    f"task {spec.name!r} refers to task {other!r}, which is not one of the "
+                    f"module's tasks {list(by_name)}"
+                )
+            if by_name[other].kind != "binary":
+                raise ValueError(
+                    f"task {spec.name!r} refers to task {other!r} of kind "
+                    f"{by_name[other].kind!r}; parents and product factors are binary tasks"
+                )
+            if other in (spec.product_of or ()) and by_name[other].product_of is not None:
+                raise ValueError(
+                    f"task {spec.name!r}: its factor {other!r} is itself a product; list the "
+                    "factors with heads"
+                )
 
 
 _Module = TypeVar("_Module", bound="MultiTaskModule")
@@ -64,7 +147,7 @@ class _TaskLosses(NamedTuple):
     """One forward pass over the tasks (:meth:`MultiTaskModule._task_losses`)."""
 
     representation: Tensor | None  # z (None: the encoder gave each task its own z_i)
-    batch_size: int
+    batch_size: int | tuple[int, ...]  # one for all tasks, or per task (multi-input; 0: absent)
     losses: list[Tensor]  # T scalars with their graphs
     stacked: Tensor  # the same as one (T,) tensor (graph kept)
     loss_values: list[float]  # the same, on the host
@@ -178,14 +261,18 @@ class MultiTaskModule(L.LightningModule):
             raise KeyError(
                 f"heads given for unknown task(s) {sorted(unknown_heads)}; tasks: {names}"
             )
+        _check_task_relations(specs)
+        #: the tasks with a head (the others are products of their probabilities)
+        self._headed = [s.name for s in specs if s.product_of is None]
+        self._derived = [s.name for s in specs if s.product_of is not None]
 
         self.encoder = encoder
         bind_tasks = getattr(encoder, "bind_tasks", None)  # architectures with per-task parts
         if callable(bind_tasks):
-            bind_tasks(names)
+            bind_tasks(self._headed)
         make_head = getattr(encoder, "make_head", None)
         for spec in specs:
-            if spec.name not in heads and callable(make_head):
+            if spec.name not in heads and callable(make_head) and spec.product_of is None:
                 heads[spec.name] = make_head(spec)
         self.tasks = nn.ModuleDict(
             {s.name: Task(s, width, heads.get(s.name), dense_reduction) for s in specs}
@@ -204,6 +291,13 @@ class MultiTaskModule(L.LightningModule):
         #: the last epoch's {task: (mean gate weight per expert, mean gate entropy)}
         self.last_expert_use: dict[str, tuple[Tensor, Tensor]] = {}
         self.weighting = weighting if weighting is not None else EqualWeighting()
+        if self._derived and self._differentiates_representation():
+            raise ValueError(
+                f"{type(self.weighting).__name__}(target='representation') needs each task's "
+                f"loss to read only its own representation; the derived task(s) {self._derived} "
+                "read other tasks' heads. Use target='shared' (or 'last_shared_layer'), or a "
+                "loss-based weighting"
+            )
         self.weighting.bind(
             names,
             [s.kind for s in specs],
@@ -264,6 +358,10 @@ class MultiTaskModule(L.LightningModule):
     def task_names(self) -> list[str]:
         return list(self.tasks.keys())
 
+    def _differentiates_representation(self) -> bool:
+        """Whether the weighting takes per-task gradients w.r.t. the representation z."""
+        return isinstance(getattr(self.weighting, "engine", None), RepresentationEngine)
+
     def shared_parameters(self) -> list[nn.Parameter]:
         """The encoder's trainable shared parameters (the target of parameter-gradient methods):
         all of them, or those the encoder declares (``encoder.shared_parameters()``)."""
@@ -272,25 +370,52 @@ class MultiTaskModule(L.LightningModule):
         return [p for p in source if p.requires_grad]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
-        """Predictions by task name: raw outputs (logits for classification tasks); dense
-        predictions at the input's spatial size."""
+        """Predictions by task name: raw outputs (logits for classification tasks; a derived
+        task's logit of its product probability); dense predictions at the input's size."""
         z = self._per_task(self.encoder(x))  # (N, D), (N, C, h, w), or one per task
         size = tuple(x.shape[-2:]) if isinstance(x, Tensor) and x.dim() >= 3 else None
-        return {name: task(z[i], size) for i, (name, task) in enumerate(self.tasks.items())}
+        preds = {
+            name: task(z[i], size)
+            for i, (name, task) in enumerate(self.tasks.items())
+            if task.head is not None
+        }
+        return self._with_derived(preds)
+
+    def _with_derived(self, preds: dict[str, Tensor]) -> dict[str, Tensor]:
+        """All tasks' predictions, in task order: the derived tasks' from their factors'."""
+        out = {}
+        for name, task in self.tasks.items():
+            factors = task.spec.product_of
+            out[name] = (
+                preds[name] if factors is None else product_logit([preds[f] for f in factors])
+            )
+        return out
 
     def _per_task(self, output: Tensor | Sequence[Tensor]) -> list[Tensor]:
-        """What each head reads: the shared z T times, or the encoder's T per-task z_i."""
+        """What each head reads, in task order: the shared z T times, or the encoder's per-task
+        z_i (one per task with a head; a derived task's entry is unused)."""
         if isinstance(output, Tensor):
             return [output] * len(self.tasks)
         outputs = list(output)
-        if len(outputs) != len(self.tasks):
+        if len(outputs) != len(self._headed):
             raise ValueError(
                 f"encoder {type(self.encoder).__name__} returned {len(outputs)} representations "
-                f"for {len(self.tasks)} tasks {self.task_names}"
+                f"for {len(self._headed)} tasks {self._headed}"
             )
-        return outputs
+        if not self._derived:
+            return outputs
+        by_name = dict(zip(self._headed, outputs, strict=True))
+        return [by_name.get(name, outputs[0]) for name in self.tasks]
 
-    def _check_targets(self, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
+    def _check_targets(
+        self,
+        targets: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor],
+        required: Sequence[str] | None = None,
+        where: str = "batch",
+    ) -> None:
+        """Targets (and masks) name known tasks, and every ``required`` task (default: all)
+        has a target."""
         if isinstance(targets, Tensor):
             raise TypeError(
                 "targets must be a dict {task name: tensor}; the model's tasks are "
@@ -299,40 +424,109 @@ class MultiTaskModule(L.LightningModule):
         unknown = sorted(set(targets) - set(self.tasks) - self._ignored_tasks)
         if unknown:
             raise KeyError(
-                f"batch has targets for unknown task(s) {unknown}; the model's tasks are "
+                f"{where} has targets for unknown task(s) {unknown}; the model's tasks are "
                 f"{self.task_names}"
             )
-        missing = [name for name in self.tasks if name not in targets]
+        needed = self.task_names if required is None else list(required)
+        missing = [name for name in needed if name not in targets]
         if missing:
             raise KeyError(
-                f"batch has no targets for task(s) {missing}; mark missing labels with NaN, -100 "
-                "or a mask instead of leaving a task out"
+                f"{where} has no targets for task(s) {missing}; mark missing labels with NaN, "
+                "-100 or a mask instead of leaving a task out"
             )
         unknown_masks = sorted(set(masks) - set(self.tasks) - self._ignored_tasks)
         if unknown_masks:
-            raise KeyError(f"batch has masks for unknown task(s) {unknown_masks}")
+            raise KeyError(f"{where} has masks for unknown task(s) {unknown_masks}")
+
+    def _parse_batch(self, batch: Batch) -> TaskBatch | dict[str, TaskBatch]:
+        """A checked batch: one :class:`TaskBatch` for all tasks, or (multi-input) one per task
+        present in the step (a task whose loader is exhausted in ``max_size`` mode, or not drawn
+        in a sampling mode, is absent)."""
+        if not _is_multi_input(batch):
+            parsed = unpack_task_batch(batch)
+            self._check_targets(parsed.targets, parsed.masks)
+            return parsed
+        unknown = sorted(set(batch) - set(self.tasks) - self._ignored_tasks)
+        if unknown:
+            raise KeyError(
+                f"a multi-input batch {{task: batch}} has entries for unknown task(s) {unknown}; "
+                f"the model's tasks are {self.task_names}"
+            )
+        if self._derived:
+            raise ValueError(
+                f"the derived task(s) {self._derived} multiply other tasks' predictions on the "
+                "same inputs; they need single-input batches (one dataset for all tasks)"
+            )
+        parts = {}
+        for name, sub in batch.items():
+            if sub is None or name not in self.tasks:
+                continue
+            parsed = unpack_task_batch(sub)
+            parent = self.tasks[name].spec.parent
+            required = [name] if parent is None else [name, parent]
+            self._check_targets(parsed.targets, parsed.masks, required, f"task {name!r}'s batch")
+            parts[name] = parsed
+        return parts
+
+    def _batch_losses(self, batch: TaskBatch | dict[str, TaskBatch], train: bool) -> _TaskLosses:
+        """:meth:`_task_losses` of a parsed batch, single- or multi-input."""
+        if isinstance(batch, TaskBatch):
+            return self._task_losses(*batch[:3], train=train, weights=batch.weights)
+        if train and self._differentiates_representation():
+            shared = _shared_inputs(batch, self.task_names)
+            if shared is None:
+                raise ValueError(
+                    f"{type(self.weighting).__name__}(target='representation') differentiates "
+                    "w.r.t. the shared representation z, which does not exist when each task "
+                    "brings its own inputs; use target='shared' (or 'last_shared_layer'), or a "
+                    "loss-based weighting"
+                )
+            return self._task_losses(*shared[:3], train=train, weights=shared.weights)
+        return self._multi_input_losses(batch)
+
+    def _multi_input_losses(self, parts: Mapping[str, TaskBatch]) -> _TaskLosses:
+        """Each present task's loss on its own inputs: the encoder runs once per task; an
+        absent task's loss is a constant 0 (its head is not used in the step)."""
+        preds: list[Tensor | None] = []
+        sizes: list[int] = []
+        for i, (name, task) in enumerate(self.tasks.items()):
+            part = parts.get(name)
+            if part is None:
+                preds.append(None)
+                sizes.append(0)
+                continue
+            z = self._per_task(self.encoder(part.inputs))[i]  # this task's representation
+            n = z.shape[0]
+            task.check_target(part.targets[name], n)
+            target = part.targets[name]
+            preds.append(task(z, target.shape[-2:] if task.spec.dense else None))
+            sizes.append(n)
+        return self._evaluate_tasks(
+            preds, [parts.get(name) for name in self.tasks], sizes, None, None
+        )
 
     def _task_losses(
-        self, x: Any, targets: Mapping[str, Tensor], masks: Mapping[str, Tensor], train: bool
+        self,
+        x: Any,
+        targets: Mapping[str, Tensor],
+        masks: Mapping[str, Tensor],
+        train: bool,
+        weights: Mapping[str, Tensor] | None = None,
     ) -> _TaskLosses:
         """The step's task losses, their values on the host and the statistics of the tasks'
-        metrics.
+        metrics, for one input shared by all tasks.
 
-        Each loss takes its task's fast path (one fused op) unless a mask is given; the losses
-        and the class tasks' label probes are read on the host together, once per step
-        (:meth:`Task.fast_path_exact`: an invalid label is an error naming the task and the
-        value), and a task whose fast path was not exact (a missing label) is redone masked
-        from the same prediction. When the weighting differentiates w.r.t. z (``train``), each
-        head reads its own view of z (:func:`~lit_mtl.task_views`) so that all T gradients come
-        from a single backward pass.
+        When the weighting differentiates w.r.t. z (``train``), each head reads its own view
+        of z (:func:`~lit_mtl.task_views`) so that all T gradients come from a single backward
+        pass (not with derived tasks, whose losses read other tasks' heads).
         """
-        output = self.encoder(x)  # (N, ...) shared z, or T per-task z_i (architectures)
+        output = self.encoder(x)  # (N, ...) shared z, or per-task z_i (architectures)
         per_task = not isinstance(output, Tensor)
         z_all = self._per_task(output)
         n = z_all[0].shape[0]
         for name, task in self.tasks.items():
             task.check_target(targets[name], n)
-        wants_z_grads = self.weighting.uses_task_representations and train
+        wants_z_grads = self.weighting.uses_task_representations and train and not self._derived
         if wants_z_grads and torch.is_grad_enabled():  # frozen encoder: gradients w.r.t. z still
             z_all = [zi if zi.requires_grad else zi.detach().requires_grad_() for zi in z_all]
         z = None if per_task else z_all[0]
@@ -341,49 +535,105 @@ class MultiTaskModule(L.LightningModule):
             head_inputs = z_all if per_task else task_views(z_all[0], len(self.tasks))
         else:
             head_inputs = None
-        preds: list[Tensor] = []
+        reads = z_all if head_inputs is None else head_inputs
+        preds: dict[str, Tensor] = {}
+        for i, (name, task) in enumerate(self.tasks.items()):
+            if task.head is not None:
+                size = targets[name].shape[-2:] if task.spec.dense else None  # the target's (H, W)
+                preds[name] = task(reads[i], size)  # (N, ...)
+        ordered = list(self._with_derived(preds).values())
+        part = TaskBatch(x, targets, masks, weights or {})
+        return self._evaluate_tasks(
+            ordered, [part] * len(self.tasks), [n] * len(self.tasks), z, head_inputs
+        )
+
+    def _evaluate_tasks(
+        self,
+        preds: Sequence[Tensor | None],
+        parts: Sequence[TaskBatch | None],
+        sizes: Sequence[int],
+        z: Tensor | None,
+        head_inputs: list[Tensor] | None,
+    ) -> _TaskLosses:
+        """Losses and metric statistics of every task's prediction against its batch's target.
+
+        Each loss takes its task's fast path (one fused op) unless a mask, a sample weight or a
+        parent condition applies; the losses and the class tasks' label probes are read on the
+        host together, once per step (:meth:`Task.fast_path_exact`: an invalid label is an
+        error naming the task and the value), and a task whose fast path was not exact (a
+        missing label) is redone masked from the same prediction.
+        """
+        device = next(p for p in preds if p is not None).device
         losses: list[Tensor] = []
         statistics: list[Tensor] = []
         probes: list[Tensor] = []
+        fast_tasks: list[int] = []
+        conditions: list[tuple[Tensor | None, Tensor | None]] = []
         for i, (name, task) in enumerate(self.tasks.items()):
-            size = targets[name].shape[-2:] if task.spec.dense else None  # the target's (H, W)
-            pred = task(z_all[i] if head_inputs is None else head_inputs[i], size)  # (N, ...)
-            mask = masks.get(name)
-            loss, stats = task.evaluate(pred, targets[name], mask, fast=mask is None)
-            if mask is None and task.probe_size:
-                probes.append(task.probe(targets[name]))
-            preds.append(pred)
+            pred, part = preds[i], parts[i]
+            if pred is None or part is None:  # absent from this multi-input step
+                losses.append(torch.zeros((), device=device))
+                statistics.append(torch.zeros(task.statistics_size, device=device))
+                conditions.append((None, None))
+                continue
+            mask = self._effective_mask(name, part)
+            weight = part.weights.get(name)
+            conditions.append((mask, weight))
+            fast = mask is None and weight is None
+            loss, stats = task.evaluate(pred, part.targets[name], mask, fast=fast, weight=weight)
+            if fast:
+                fast_tasks.append(i)
+                if task.probe_size:
+                    probes.append(task.probe(part.targets[name]))
             losses.append(loss)  # scalar, 0 when unlabelled
             statistics.append(stats)
         stacked = stack_losses(losses)
         values = torch.cat([stacked.detach(), *probes]).tolist()  # one host read
         probe_at = len(losses)
+        names = self.task_names
         redo = []
-        for i, (name, task) in enumerate(self.tasks.items()):
-            if masks.get(name) is not None:
-                continue
+        for i in fast_tasks:
+            task = self.tasks[names[i]]
             size = task.probe_size
             probe = values[probe_at : probe_at + size]
             probe_at += size
-            if not task.fast_path_exact(probe, targets[name]) or not math.isfinite(values[i]):
-                redo.append((i, name, task))
-        for i, name, task in redo:  # missing labels: the masked path, from the same prediction
-            losses[i], statistics[i] = task.evaluate(preds[i], targets[name])
+            target = parts[i].targets[names[i]]  # type: ignore[union-attr]
+            if not task.fast_path_exact(probe, target) or not math.isfinite(values[i]):
+                redo.append(i)
+        for i in redo:  # missing labels: the masked path, from the same prediction
+            target = parts[i].targets[names[i]]  # type: ignore[union-attr]
+            losses[i], statistics[i] = self.tasks[names[i]].evaluate(preds[i], target)
         loss_values = values[: len(losses)]
         if redo:
             stacked = stack_losses(losses)
             loss_values = stacked.detach().tolist()
         stats_all = torch.cat(statistics)
         present = stats_all[self._count_positions] > 0
-        return _TaskLosses(z, n, losses, stacked, loss_values, present, stats_all, head_inputs)
+        batch_size: int | tuple[int, ...] = sizes[0] if len(set(sizes)) == 1 else tuple(sizes)
+        return _TaskLosses(
+            z, batch_size, losses, stacked, loss_values, present, stats_all, head_inputs
+        )
+
+    def _effective_mask(self, name: str, part: TaskBatch) -> Tensor | None:
+        """The task's mask, restricted to the samples whose parent label is positive for a
+        conditional task (a missing parent label counts as not positive)."""
+        mask = part.masks.get(name)
+        parent = self.tasks[name].spec.parent
+        if parent is None:
+            return mask
+        parent_target = part.targets[parent]
+        positive = parent_target.reshape(parent_target.shape[0]) == 1
+        parent_mask = part.masks.get(parent)
+        if parent_mask is not None:
+            positive = positive & parent_mask.to(device=positive.device, dtype=torch.bool)
+        if mask is None:
+            return positive
+        return mask.to(device=positive.device, dtype=torch.bool) & positive.reshape(
+            -1, *([1] * (mask.dim() - 1))
+        )
 
     @torch.no_grad()
-    def _recompute_losses(
-        self,
-        x: Any,
-        targets: Mapping[str, Tensor],
-        masks: Mapping[str, Tensor],
-    ) -> tuple[Tensor, Tensor]:
+    def _recompute_losses(self, batch: TaskBatch | dict[str, TaskBatch]) -> tuple[Tensor, Tensor]:
         """Task losses of a training batch under the current parameters (FAMO's l').
 
         Runs in train mode (as the step did) under the trainer's precision context; BatchNorm
@@ -397,7 +647,7 @@ class MultiTaskModule(L.LightningModule):
             else contextlib.nullcontext()
         )
         with context:
-            step = self._task_losses(x, targets, masks, train=False)
+            step = self._batch_losses(batch, train=False)
         for m, state in zip(norms, saved, strict=True):
             m.load_state_dict(state)
         return step.stacked, step.present
@@ -434,10 +684,9 @@ class MultiTaskModule(L.LightningModule):
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor | None:
         self._step_log = None
-        x, targets, masks = unpack_batch(batch)
-        self._check_targets(targets, masks)
-        step = self._task_losses(x, targets, masks, train=True)
-        n = step.batch_size
+        parsed = self._parse_batch(batch)  # one batch, or (multi-input) one per task
+        step = self._batch_losses(parsed, train=True)
+        n = _total(step.batch_size)
         if not self._check_finite(step.loss_values, batch_idx):
             return None
         stacked = step.stacked.detach()  # (T,)
@@ -451,7 +700,7 @@ class MultiTaskModule(L.LightningModule):
             if views is None
             else tuple(tuple(task.parameters()) for task in self.tasks.values()),
             loss_scale=self._loss_scale(),
-            recompute_losses=lambda: self._recompute_losses(x, targets, masks),
+            recompute_losses=lambda: self._recompute_losses(parsed),
         )
         loss = self.weighting(context)  # its post-step update runs after the optimizer step
         if self.gate_usage is not None and self.encoder.last_gate_weights:  # gated experts
@@ -460,7 +709,7 @@ class MultiTaskModule(L.LightningModule):
         if every is not None and self.global_step % int(every) == 0:
             self._measure_conflicts(step.losses)
         self.log("train/loss", loss, prog_bar=True, batch_size=n)
-        self.epoch_metrics["train_metrics"].update(stacked, step.statistics, n)
+        self.epoch_metrics["train_metrics"].update(stacked, step.statistics, step.batch_size)
         self._step_log = (stacked, self.weighting.last_weights, n)  # logged at logging steps
         return loss
 
@@ -513,32 +762,36 @@ class MultiTaskModule(L.LightningModule):
         return bool(getattr(connector, "should_update_logs", True))
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
-        x, targets, masks = unpack_batch(batch)
-        self._check_targets(targets, masks)
-        step = self._task_losses(x, targets, masks, train=False)
-        n = step.batch_size
-        stacked = step.stacked
-        self.log(
-            f"{stage}/loss", stacked.sum(), prog_bar=stage == "val", batch_size=n, sync_dist=True
+        step = self._batch_losses(self._parse_batch(batch), train=False)
+        self.epoch_metrics[f"{stage}_metrics"].update(
+            step.stacked, step.statistics, step.batch_size
         )
-        self.epoch_metrics[f"{stage}_metrics"].update(stacked, step.statistics, n)
 
     def _log_epoch_metrics(self, stage: str) -> None:
         """Log the stage's per-task epoch values (``{stage}/{task}/loss`` for val and test,
-        ``{stage}/{task}/{metric}``), computed once from the epoch's summed statistics."""
+        ``{stage}/{task}/{metric}``), computed once from the epoch's summed statistics, and
+        ``{stage}/loss`` (val, test): the sum of the tasks' epoch losses."""
         metric = self.epoch_metrics[f"{stage}_metrics"]
-        for key, value in metric.compute().items():  # on every rank: one all-reduce
+        values = metric.compute()  # on every rank: one all-reduce
+        for key, value in values.items():
             if stage == "train" and key.endswith("/loss"):
                 continue  # the training losses are logged per step
             # identical on every rank (the states were summed across ranks); sync_dist keeps
             # Lightning's epoch-level contract and its warning quiet
             self.log(f"{stage}/{key}", value.float(), sync_dist=True)
+        if stage != "train" and metric.updates:
+            task_losses = [
+                values[f"{name}/loss"] for name in self.task_names if f"{name}/loss" in values
+            ]
+            if task_losses:
+                total = torch.stack(task_losses).sum().float()
+                self.log(f"{stage}/loss", total, prog_bar=stage == "val", sync_dist=True)
         metric.reset()
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+    def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "val")
 
-    def test_step(self, batch: Batch, batch_idx: int) -> None:
+    def test_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "test")
 
     def on_train_epoch_end(self) -> None:
@@ -565,9 +818,20 @@ class MultiTaskModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
-        x = batch if isinstance(batch, Tensor) else unpack_batch(batch)[0]
-        return self(x)
+    def predict_step(
+        self, batch: Batch, batch_idx: int, dataloader_idx: int = 0
+    ) -> dict[str, Tensor]:
+        """Predictions by task; for a multi-input batch ``{task: batch}``, each task's on its
+        own inputs."""
+        if isinstance(batch, Tensor):
+            return self(batch)
+        if _is_multi_input(batch):
+            return {
+                name: self(unpack_task_batch(sub).inputs)[name]
+                for name, sub in batch.items()
+                if sub is not None and name in self.tasks
+            }
+        return self(unpack_task_batch(batch).inputs)
 
     # ------------------------------------------------------------------ optimisation
     def parameter_groups(self) -> list[dict]:

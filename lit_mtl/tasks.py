@@ -63,6 +63,7 @@ __all__ = [
     "TaskKind",
     "TaskSpec",
     "as_task_spec",
+    "product_logit",
 ]
 
 TaskKind = Literal[
@@ -94,6 +95,11 @@ class TaskSpec:
             3 for normals.
         ignore_index: the label value that marks a missing class label (multiclass and
             segmentation; the NYUv2 / CityScapes files store -1).
+        parent: a conditional task: its loss and metrics count only the samples where the
+            parent task (a binary task) has a positive label (a conversion counted on clicks).
+        product_of: a derived binary task without a head of its own: its probability is the
+            product of these binary tasks' probabilities (ESMM: p(click and convert) =
+            p(click) p(convert | click)), trained on every sample.
 
     >>> TaskSpec("segmentation", "multiclass", 13).to_dict()
     {'name': 'segmentation', 'kind': 'multiclass', 'num_outputs': 13}
@@ -107,6 +113,8 @@ class TaskSpec:
     kind: TaskKind = "regression"
     num_outputs: int = 1
     ignore_index: int = IGNORE_INDEX
+    parent: str | None = None
+    product_of: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -139,6 +147,25 @@ class TaskSpec:
                 f"TaskSpec {self.name!r}: ignore_index={self.ignore_index!r} must be an integer "
                 f"outside the class indices 0..{self.num_outputs - 1}"
             )
+        if self.parent is not None and (
+            not isinstance(self.parent, str) or self.parent == self.name
+        ):
+            raise ValueError(
+                f"TaskSpec {self.name!r}: parent must name another task, got {self.parent!r}"
+            )
+        if self.product_of is not None:
+            factors = self.product_of
+            if isinstance(factors, str) or len(factors) < 2 or self.name in factors:
+                raise ValueError(
+                    f"TaskSpec {self.name!r}: product_of must list at least two other tasks, got "
+                    f"{factors!r}"
+                )
+            if self.kind != "binary":
+                raise ValueError(
+                    f"TaskSpec {self.name!r}: a product_of task is binary (a probability), got "
+                    f"kind={self.kind!r}"
+                )
+            object.__setattr__(self, "product_of", tuple(str(f) for f in factors))
 
     @property
     def dense(self) -> bool:
@@ -150,6 +177,11 @@ class TaskSpec:
         fields = asdict(self)
         if self.ignore_index == IGNORE_INDEX:
             del fields["ignore_index"]
+        for optional in ("parent", "product_of"):
+            if fields[optional] is None:
+                del fields[optional]
+        if self.product_of is not None:
+            fields["product_of"] = list(self.product_of)
         return fields
 
 
@@ -158,7 +190,14 @@ def as_task_spec(spec: TaskSpec | Mapping[str, Any]) -> TaskSpec:
     if isinstance(spec, TaskSpec):
         return spec
     if isinstance(spec, Mapping):
-        unknown = set(spec) - {"name", "kind", "num_outputs", "ignore_index"}
+        unknown = set(spec) - {
+            "name",
+            "kind",
+            "num_outputs",
+            "ignore_index",
+            "parent",
+            "product_of",
+        }
         if unknown:
             raise ValueError(f"task spec {dict(spec)!r} has unknown keys {sorted(unknown)}")
         return TaskSpec(**spec)
@@ -189,6 +228,28 @@ class DenseHead(nn.Sequential):
             nn.Conv2d(in_channels, in_channels, 3, padding=1),
             nn.Conv2d(in_channels, out_channels, 1),
         )
+
+
+def _weighted_mean(per_elem: Tensor, present: Tensor, weight: Tensor) -> Tensor:
+    """``sum w l / sum w`` over the labelled entries, ``w`` (N,) broadcast over each sample's
+    entries; 0 (in the graph) when no labelled entry has weight."""
+    w = weight.reshape(-1, *([1] * (per_elem.dim() - 1))) * present
+    return (per_elem * w).sum() / w.sum().clamp(min=torch.finfo(torch.float32).tiny)
+
+
+def product_logit(logits: Sequence[Tensor]) -> Tensor:
+    """The logit of the product of the probabilities ``sigmoid(a_k)`` (ESMM's
+    p(click and convert) = p(click) p(convert | click)), in log space:
+    ``s = sum_k log sigmoid(a_k)``, ``logit = s - log(1 - e^s)``.
+
+    >>> a, b = torch.tensor([0.3]), torch.tensor([-1.2])
+    >>> p = torch.sigmoid(product_logit([a, b]))
+    >>> bool(torch.allclose(p, torch.sigmoid(a) * torch.sigmoid(b)))
+    True
+    """
+    s = torch.stack([F.logsigmoid(a.float()) for a in logits]).sum(dim=0)
+    s = s.clamp(max=-1e-12)  # p = 1 exactly has no finite logit
+    return s - torch.log(-torch.expm1(s))
 
 
 class Task(nn.Module):
@@ -223,7 +284,12 @@ class Task(nn.Module):
             )
         self.spec = spec
         self.reduction = reduction
-        if head is None:
+        if spec.product_of is not None:  # derived: no head (see product_logit)
+            if head is not None:
+                raise ValueError(
+                    f"task {spec.name!r} is a product_of {list(spec.product_of)} and has no head"
+                )
+        elif head is None:
             if spec.dense:
                 head = DenseHead(in_features, spec.num_outputs)
             else:
@@ -241,6 +307,11 @@ class Task(nn.Module):
     def forward(self, z: Tensor, size: Sequence[int] | None = None) -> Tensor:
         """The task's prediction from z; a dense prediction is resized (bilinear) to ``size``
         (H, W) when given and different."""
+        if self.head is None:
+            raise RuntimeError(
+                f"task {self.name!r} has no head: its prediction is product_logit of the tasks "
+                f"{list(self.spec.product_of or ())}"
+            )
         if self.spec.dense and z.dim() != 4:
             raise ValueError(
                 f"task {self.name!r} ({self.kind}): got a representation of shape "
@@ -456,7 +527,12 @@ class Task(nn.Module):
         return statistics_size(self.spec.kind, self.spec.num_outputs, self.reduction)
 
     def evaluate(
-        self, pred: Tensor, target: Tensor, mask: Tensor | None = None, fast: bool = False
+        self,
+        pred: Tensor,
+        target: Tensor,
+        mask: Tensor | None = None,
+        fast: bool = False,
+        weight: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """(loss, statistics) of a batch: the mean loss over labelled entries and the detached
         sufficient statistics of the task's metrics
@@ -468,15 +544,21 @@ class Task(nn.Module):
         when no entry is labelled. ``fast`` (no mask) takes one fused loss op instead: equal
         to the masked path up to float round-off when :meth:`fast_path_exact` holds and the
         loss is finite (a missing regression label makes it NaN), otherwise to be redone.
+
+        ``weight``: per-sample weights (N,), finite and >= 0: the loss is the weighted mean
+        ``sum_i w_i l_i / sum_i w_i`` over the labelled entries (a sample's pixels or outputs
+        share its weight); the metrics stay unweighted.
         """
         kind = self.spec.kind
+        if weight is not None:
+            weight = self._check_weight(weight, target.shape[0])
         if self.spec.dense:
             target = self._dense_pair(pred, target)
             if kind in ("depth", "normals"):
-                return self._evaluate_geometry(pred, target, mask)
+                return self._evaluate_geometry(pred, target, mask, weight)
         if kind == "regression" and target.dim() == 2 and pred.dim() == 1:
             target = target.reshape(-1)
-        if fast and mask is None:
+        if fast and mask is None and weight is None:
             return self._evaluate_fast(pred, target)
         present = self.labelled(target, mask)
         count = present.sum()
@@ -495,7 +577,10 @@ class Task(nn.Module):
                 pred.float(), safe_target, reduction="none"
             )
         per_elem = per_elem * present
-        loss = per_elem.sum() / count.clamp(min=1)
+        if weight is None:
+            loss = per_elem.sum() / count.clamp(min=1)
+        else:
+            loss = _weighted_mean(per_elem, present, weight)
         if kind in ("regression", "dense_regression"):
             error = (pred.detach().float() - safe_target.float()) * present
             squared = per_elem.detach().sum()
@@ -508,8 +593,24 @@ class Task(nn.Module):
             )
         return loss, stats
 
+    def _check_weight(self, weight: Tensor, n: int) -> Tensor:
+        """Per-sample weights (N,) as float; on the CPU also checked finite and >= 0 (free
+        there; on an accelerator that would cost a host read per step)."""
+        if not isinstance(weight, Tensor) or weight.dim() != 1 or weight.shape[0] != n:
+            shape = tuple(weight.shape) if isinstance(weight, Tensor) else type(weight).__name__
+            raise ValueError(
+                f"task {self.name!r}: sample weights must be a (N,) tensor with N = {n}, got "
+                f"{shape}"
+            )
+        weight = weight.float()
+        if weight.device.type == "cpu" and not (
+            torch.isfinite(weight).all() and (weight >= 0).all()
+        ):
+            raise ValueError(f"task {self.name!r}: sample weights must be finite and >= 0")
+        return weight
+
     def _evaluate_geometry(
-        self, pred: Tensor, target: Tensor, mask: Tensor | None
+        self, pred: Tensor, target: Tensor, mask: Tensor | None, weight: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """Depth (L1) and normals (1 - cosine) over the valid pixels: one masked pass, exact
         and free of host reads (invalid pixels are the rule in these targets, not the
@@ -519,14 +620,16 @@ class Task(nn.Module):
         p = pred.float()
         if self.spec.kind == "depth":
             safe_target = torch.where(present, target.float(), p.detach())
-            total = ((p - safe_target).abs() * present).sum()
+            per_pixel = (p - safe_target).abs() * present
             stats = depth_statistics(p, safe_target, present, self.reduction)
         else:
             safe_target = torch.where(present[:, None], target.float(), 0.0)
             cosine = (p * safe_target).sum(dim=1)  # (N, H, W); p is unit length
-            total = ((1.0 - cosine) * present).sum()
+            per_pixel = (1.0 - cosine) * present
             stats = normal_statistics(p, safe_target, present, self.reduction)
-        return total / count.clamp(min=1), stats
+        if weight is not None:
+            return _weighted_mean(per_pixel, present, weight), stats
+        return per_pixel.sum() / count.clamp(min=1), stats
 
     def _evaluate_fast(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         kind = self.spec.kind

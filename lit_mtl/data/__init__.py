@@ -11,6 +11,7 @@ from lit_mtl.data.offline import (
     make_mnist1d,
 )
 from lit_mtl.data.overlay import overlay, overlay_pairs
+from lit_mtl.data.per_task import DIGIT_DOMAINS, DigitsDomainsDataModule, PerTaskDataModule
 from lit_mtl.data.pet import OxfordPetDataModule
 from lit_mtl.data.scenes import SCENE_CLASSES, ProceduralScenesDataModule, render_scenes
 from lit_mtl.data.synthetic import (
@@ -19,9 +20,11 @@ from lit_mtl.data.synthetic import (
     SyntheticDataModule,
     make_synthetic_tasks,
 )
+from lit_mtl.data.task_loaders import TaskSamplingLoader, task_sampling_probabilities
 from lit_mtl.data.vision import VISION_TASKS, MultiMNISTDataModule, TorchvisionDataModule
 
 __all__ = [
+    "DIGIT_DOMAINS",
     "DIGIT_TASKS",
     "SCENE_CLASSES",
     "VISION_TASKS",
@@ -29,6 +32,7 @@ __all__ = [
     "DenseDataModule",
     "DerivedTask",
     "DigitsDataModule",
+    "DigitsDomainsDataModule",
     "DigitsOverlayDataModule",
     "EpochSeededSampler",
     "LabelledDataModule",
@@ -38,9 +42,11 @@ __all__ = [
     "MultiTaskTensorDataset",
     "NYUv2DataModule",
     "OxfordPetDataModule",
+    "PerTaskDataModule",
     "ProceduralScenesDataModule",
     "SyntheticDataModule",
     "TaskDerivedDataset",
+    "TaskSamplingLoader",
     "TorchvisionDataModule",
     "augment_batch",
     "make_mmoe_synthetic",
@@ -50,4 +56,5 @@ __all__ = [
     "overlay_pairs",
     "render_scenes",
     "scale_crop_flip",
+    "task_sampling_probabilities",
 ]

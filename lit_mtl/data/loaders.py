@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from lit_mtl.data.task_loaders import (
+    SAMPLING_MODES,
+    TaskBatchCollate,
+    TaskSamplingLoader,
+    resume_skips,
+    task_sampling_probabilities,
+)
 from lit_mtl.tasks import TaskSpec
 
 __all__ = ["EpochSeededSampler", "ResumableDataLoader", "SplitDataModule"]
@@ -17,12 +26,18 @@ class EpochSeededSampler(Sampler[int]):
     """Random permutation that is a pure function of (seed, epoch).
 
     Lightning calls :meth:`set_epoch` at the start of every epoch, so a run resumed from a
-    checkpoint sees exactly the sample order of the uninterrupted run.
+    checkpoint sees exactly the sample order of the uninterrupted run. With ``world_size > 1``
+    it yields this rank's share of the permutation (``order[rank::world_size]``, padded from its
+    start to a multiple of ``world_size``, as ``DistributedSampler``): for loaders Lightning does
+    not distribute itself (:class:`~lit_mtl.data.task_loaders.TaskSamplingLoader`'s).
     """
 
-    def __init__(self, num_samples: int, seed: int) -> None:
+    def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
         self.num_samples = int(num_samples)
         self.seed = int(seed)
+        self.rank, self.world_size = int(rank), int(world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"EpochSeededSampler: rank {rank} outside world_size {world_size}")
         self.epoch = 0
         self._skip: tuple[int, int] | None = None  # (epoch, samples already seen in it)
 
@@ -37,13 +52,17 @@ class EpochSeededSampler(Sampler[int]):
     def __iter__(self):  # type: ignore[no-untyped-def]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=gen).tolist()
+        if self.world_size > 1:
+            order = (order + order[: len(self) * self.world_size - len(order)])[
+                self.rank :: self.world_size
+            ]
         skip, self._skip = self._skip, None
         if skip is not None and skip[0] == self.epoch:
             order = order[skip[1] :]
         return iter(order)
 
     def __len__(self) -> int:
-        return self.num_samples
+        return -(-self.num_samples // self.world_size)
 
 
 class ResumableDataLoader(DataLoader):
@@ -61,9 +80,16 @@ class ResumableDataLoader(DataLoader):
 class SplitDataModule(L.LightningDataModule):
     """Base of the DataModules here: ``self.datasets`` holds the train/val/test splits (built by
     ``setup``); loaders use ``batch_size``, ``num_workers``, ``pin_memory``,
-    ``persistent_workers`` and shuffle the train split with :class:`EpochSeededSampler`."""
+    ``persistent_workers`` and shuffle the train split with :class:`EpochSeededSampler`.
 
-    datasets: dict[str, Dataset]
+    A split is one dataset (each sample carries every task's target) or a mapping
+    ``{task: dataset}`` (each task brings its own data: multi-input training, combined by
+    ``combine`` and ``temperature``, see :mod:`lit_mtl.data.task_loaders`).
+    """
+
+    datasets: dict[str, Dataset | Mapping[str, Dataset]]
+    combine: str = "max_size_cycle"
+    temperature: float = 1.0
     task_specs: list[TaskSpec]  # set by every DataModule's __init__
     batch_size: int = 64
     num_workers: int = 0
@@ -110,10 +136,12 @@ class SplitDataModule(L.LightningDataModule):
         empty split is an error naming the DataModule and the split."""
         return ("val",) if getattr(self, "val_fraction", None) == 0 else ()
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> Any:
         if not self.datasets:
             self.setup()
         dataset = self.datasets[split]
+        if isinstance(dataset, Mapping):
+            return self._task_loaders(split, dataset, shuffle)
         if len(dataset) == 0:  # type: ignore[arg-type]
             if split in self.optional_splits():
                 return []  # type: ignore[return-value]  # no loader: Lightning skips the stage
@@ -126,6 +154,11 @@ class SplitDataModule(L.LightningDataModule):
             epoch, batches = self._resume_at
             sampler.skip(epoch, batches * int(self.batch_size))
             self._resume_at = None
+        return self._data_loader(dataset, sampler)
+
+    def _data_loader(
+        self, dataset: Dataset, sampler: Sampler | None, collate_fn: Any = None
+    ) -> ResumableDataLoader:
         return ResumableDataLoader(
             dataset,
             batch_size=int(self.batch_size),
@@ -133,7 +166,62 @@ class SplitDataModule(L.LightningDataModule):
             num_workers=int(self.num_workers),
             pin_memory=bool(self.pin_memory),
             persistent_workers=bool(self.persistent_workers) and int(self.num_workers) > 0,
+            collate_fn=collate_fn,
         )
+
+    def _task_loaders(self, split: str, datasets: Mapping[str, Dataset], train: bool) -> Any:
+        """The loaders of a split with one dataset per task: combined by ``combine`` for
+        training, one after the other (``{task: batch}`` each) for evaluation."""
+        unknown = sorted(set(datasets) - set(self.task_names))
+        if unknown:
+            raise KeyError(
+                f"{type(self).__name__}: the {split} split has datasets for unknown task(s) "
+                f"{unknown}; tasks: {self.task_names}"
+            )
+        empty = [name for name, ds in datasets.items() if len(ds) == 0]  # type: ignore[arg-type]
+        if empty:
+            raise ValueError(
+                f"{type(self).__name__}: the {split} split of task(s) {empty} is empty (0 samples)"
+            )
+        if not train:
+            loaders = {
+                name: self._data_loader(ds, None, TaskBatchCollate(name))
+                for name, ds in datasets.items()
+            }
+            return CombinedLoader(loaders, mode="sequential")
+        resume, self._resume_at = self._resume_at, None
+        if self.combine in SAMPLING_MODES:
+            trainer = self.trainer
+            rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+            samplers = {
+                name: EpochSeededSampler(len(ds), int(self.seed), rank, world)  # type: ignore[arg-type]
+                for name, ds in datasets.items()
+            }
+            loader = TaskSamplingLoader(
+                {name: self._data_loader(ds, samplers[name]) for name, ds in datasets.items()},
+                task_sampling_probabilities(
+                    [len(ds) for ds in datasets.values()],  # type: ignore[arg-type]
+                    self.combine,
+                    float(self.temperature),
+                ),
+                int(self.seed),
+            )
+            if resume is not None:
+                loader.skip(*resume)
+            return loader
+        samplers = {
+            name: EpochSeededSampler(len(ds), int(self.seed))  # type: ignore[arg-type]
+            for name, ds in datasets.items()
+        }
+        loaders = {name: self._data_loader(ds, samplers[name]) for name, ds in datasets.items()}
+        if resume is not None:
+            epoch, consumed = resume
+            lengths = [len(loader) for loader in loaders.values()]
+            for sampler, skip in zip(
+                samplers.values(), resume_skips(self.combine, lengths, consumed), strict=True
+            ):
+                sampler.skip(epoch, skip * int(self.batch_size))
+        return CombinedLoader(loaders, mode=self.combine)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

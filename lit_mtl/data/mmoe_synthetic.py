@@ -21,12 +21,14 @@ model's initialisation and the sample), the samples and noise from ``seed``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.data.synthetic import MultiTaskTensorDataset
+from lit_mtl.data.task_loaders import CombineMode, check_combine
 from lit_mtl.tasks import TaskSpec
 
 __all__ = ["MMoESyntheticDataModule", "make_mmoe_synthetic"]
@@ -79,6 +81,10 @@ class MMoESyntheticDataModule(SplitDataModule):
         num_sinusoids: m.
         noise_std: standard deviation of eps_k.
         num_train, num_val, num_test: split sizes.
+        per_task_inputs: each task brings its own samples (:meth:`per_task_datasets`; the same
+            functions, independent inputs): multi-input training.
+        combine, temperature: how the per-task training loaders are combined
+            (:mod:`lit_mtl.data.task_loaders`; with ``per_task_inputs``).
         batch_size, num_workers, pin_memory, persistent_workers: loader options.
         seed: seed of the samples and the noise (and of the shuffling).
         function_seed: seed of u1, u2, alpha, beta.
@@ -99,6 +105,9 @@ class MMoESyntheticDataModule(SplitDataModule):
         num_train: int = 10000,
         num_val: int = 1000,
         num_test: int = 1000,
+        per_task_inputs: bool = False,
+        combine: CombineMode = "max_size_cycle",
+        temperature: float = 1.0,
         batch_size: int = 128,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -117,13 +126,16 @@ class MMoESyntheticDataModule(SplitDataModule):
                 "MMoESyntheticDataModule: in_features >= 2, num_sinusoids >= 0 and noise_std >= 0 "
                 f"required, got {in_features}, {num_sinusoids}, {noise_std}"
             )
+        check_combine(combine, temperature, "MMoESyntheticDataModule")
         self.save_hyperparameters()
         self.p = float(p)
+        self.per_task_inputs = bool(per_task_inputs)
+        self.combine, self.temperature = combine, float(temperature)
         self.in_features = int(in_features)
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.task_specs = [TaskSpec("task1", "regression"), TaskSpec("task2", "regression")]
-        self.datasets: dict[str, MultiTaskTensorDataset] = {}
+        self.datasets: dict[str, Any] = {}
 
     def _functions(self) -> dict[str, Tensor]:
         hp = self.hparams
@@ -156,6 +168,10 @@ class MMoESyntheticDataModule(SplitDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
+            return
+        if self.per_task_inputs:
+            for split in ("train", "val", "test"):
+                self.datasets[split] = self.per_task_datasets(split)
             return
         hp = self.hparams
         functions = self._functions()
