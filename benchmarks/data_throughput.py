@@ -93,13 +93,13 @@ def step_rate(dm, encoder, steps: int) -> float:  # type: ignore[no-untyped-def]
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     x, targets, masks = unpack_batch(next(iter(dm.train_dataloader())))
     for _ in range(3):
-        _, losses, _ = module._task_losses(x, targets, masks, None)
+        losses = module._task_losses(x, targets, masks, train=True).losses
         opt.zero_grad()
         torch.stack(losses).sum().backward()
         opt.step()
     start = time.perf_counter()
     for _ in range(steps):
-        _, losses, _ = module._task_losses(x, targets, masks, None)
+        losses = module._task_losses(x, targets, masks, train=True).losses
         opt.zero_grad()
         torch.stack(losses).sum().backward()
         opt.step()

@@ -2,7 +2,9 @@
 
 from lit_mtl.architectures import CGC, PLE, CrossStitch, MMoE, OMoE
 from lit_mtl.data import (
+    CelebADataModule,
     CityScapesDataModule,
+    ClickConversionDataModule,
     DigitsDataModule,
     DigitsDomainsDataModule,
     DigitsOverlayDataModule,
@@ -73,7 +75,9 @@ __all__ = [
     "AlignedMTL",
     "CAGrad",
     "CNNEncoder",
+    "CelebADataModule",
     "CityScapesDataModule",
+    "ClickConversionDataModule",
     "Conv1dEncoder",
     "CrossStitch",
     "DenseCNNEncoder",

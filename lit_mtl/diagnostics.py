@@ -79,8 +79,9 @@ class GateUsage(nn.Module):
         device = gate_weights[0].device
         if not self.weight_sums:
             self.weight_sums = [w.new_zeros(w.shape[1], dtype=torch.float64) for w in gate_weights]
-            self.entropy_sums = self.entropy_sums.to(device)
-            self.samples = self.samples.to(device)
+            # new memory, not .to(): a CPU state arrives shared by all ddp_spawn processes
+            self.entropy_sums = torch.zeros(len(gate_weights), dtype=torch.float64, device=device)
+            self.samples = torch.zeros((), dtype=torch.float64, device=device)
         entropies = []
         for k, w in enumerate(gate_weights):
             w = w.double()

@@ -50,13 +50,24 @@ class EpochTaskMetrics(nn.Module):
         self.sizes = [int(s) for s in statistics_sizes]
         if len(self.sizes) != len(self.specs):
             raise ValueError("EpochTaskMetrics: one statistics size per task")
+        self._allocate(torch.device("cpu"))
+
+    def _allocate(self, device: torch.device) -> None:
+        """Fresh zero states on ``device``. Plain tensors, not buffers: they follow the data's
+        device at the first update (float64 where the device has it; MPS has not), and
+        module.to() never has to convert them. Always new memory, never zeroed in place: a
+        module sent to ``ddp_spawn`` processes arrives with its CPU tensors in memory shared by
+        all of them, and each rank must sum into its own."""
+        dtype = torch.float32 if device.type == "mps" else torch.float64
         num_tasks, total = len(self.specs), sum(self.sizes)
-        # plain tensors, not buffers: they follow the data's device at the first update (float64
-        # where the device has it; MPS has not), and module.to() never has to convert them
-        self.loss_sums = torch.zeros(num_tasks, dtype=torch.float64)
-        self.samples = torch.zeros(num_tasks, dtype=torch.float64)
-        self.totals = torch.zeros(total, dtype=torch.float64)
+        self.loss_sums = torch.zeros(num_tasks, dtype=dtype, device=device)
+        self.samples = torch.zeros(num_tasks, dtype=dtype, device=device)
+        self.totals = torch.zeros(total, dtype=dtype, device=device)
         self.updates = 0  # on this rank, since the last reset
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._allocate(torch.device("cpu"))  # this process's own state (see _allocate)
 
     def _follow(self, device: torch.device) -> None:
         dtype = torch.float32 if device.type == "mps" else torch.float64
@@ -80,9 +91,7 @@ class EpochTaskMetrics(nn.Module):
         self.updates += 1
 
     def reset(self) -> None:
-        for state in (self.loss_sums, self.samples, self.totals):
-            state.zero_()
-        self.updates = 0
+        self._allocate(self.totals.device)
 
     def compute(self) -> dict[str, Tensor]:
         """The epoch's values over all ranks (every rank must call it: one all-reduce)."""

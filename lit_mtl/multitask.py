@@ -117,8 +117,9 @@ def _total(batch_size: int | Sequence[int]) -> int:
     return batch_size if isinstance(batch_size, int) else sum(batch_size)
 
 
-def _check_task_relations(specs: Sequence[TaskSpec]) -> None:
-    """Parents and product factors name binary tasks of the module (factors with heads)."""
+def _check_task_relations(specs: Sequence[TaskSpec], selected: Sequence[str]) -> None:
+    """Parents and product factors name binary tasks (factors with heads); a selected product
+    task needs its factors selected (their heads), a conditional task only its parent's labels."""
     by_name = {s.name: s for s in specs}
     for spec in specs:
         related = ([spec.parent] if spec.parent else []) + list(spec.product_of or ())
@@ -138,6 +139,12 @@ def _check_task_relations(specs: Sequence[TaskSpec]) -> None:
                     f"task {spec.name!r}: its factor {other!r} is itself a product; list the "
                     "factors with heads"
                 )
+        missing = [f for f in spec.product_of or () if f not in selected]
+        if spec.name in selected and missing:
+            raise ValueError(
+                f"select_tasks keeps the product task {spec.name!r} without its factor(s) "
+                f"{missing}, whose heads it multiplies"
+            )
 
 
 _Module = TypeVar("_Module", bound="MultiTaskModule")
@@ -230,6 +237,7 @@ class MultiTaskModule(L.LightningModule):
         from_cli_config = _given_hyperparameters.get() is not None
         self.save_hyperparameters(ignore=["tasks"] if from_cli_config else [*_MODULE_ARGS, "tasks"])
         specs = [as_task_spec(t) for t in tasks]
+        all_specs = specs
         if not specs:
             raise ValueError("MultiTaskModule: tasks must not be empty")
         names = [s.name for s in specs]
@@ -261,7 +269,7 @@ class MultiTaskModule(L.LightningModule):
             raise KeyError(
                 f"heads given for unknown task(s) {sorted(unknown_heads)}; tasks: {names}"
             )
-        _check_task_relations(specs)
+        _check_task_relations(all_specs, [s.name for s in specs])
         #: the tasks with a head (the others are products of their probabilities)
         self._headed = [s.name for s in specs if s.product_of is None]
         self._derived = [s.name for s in specs if s.product_of is not None]
@@ -360,7 +368,9 @@ class MultiTaskModule(L.LightningModule):
 
     def _differentiates_representation(self) -> bool:
         """Whether the weighting takes per-task gradients w.r.t. the representation z."""
-        return isinstance(getattr(self.weighting, "engine", None), RepresentationEngine)
+        engine = getattr(self.weighting, "engine", None)
+        target = getattr(self.weighting, "target", None)
+        return isinstance(engine, RepresentationEngine) or target == "representation"
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The encoder's trainable shared parameters (the target of parameter-gradient methods):
@@ -444,7 +454,9 @@ class MultiTaskModule(L.LightningModule):
         in a sampling mode, is absent)."""
         if not _is_multi_input(batch):
             parsed = unpack_task_batch(batch)
-            self._check_targets(parsed.targets, parsed.masks)
+            parents = [t.spec.parent for t in self.tasks.values() if t.spec.parent]
+            required = list(dict.fromkeys([*self.task_names, *parents]))
+            self._check_targets(parsed.targets, parsed.masks, required)
             return parsed
         unknown = sorted(set(batch) - set(self.tasks) - self._ignored_tasks)
         if unknown:

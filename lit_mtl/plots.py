@@ -29,6 +29,11 @@ __all__ = [
 ]
 
 
+#: above this many tasks, the per-task line plots become a heatmap (one row per task) with the
+#: spread across tasks below it, instead of one legend entry per task
+MAX_LINES = 10
+
+
 def _figure(width: float = 6.4, height: float = 4.0) -> Figure:
     figure = require("matplotlib.figure", "plots", "drawing figures")
     return figure.Figure(figsize=(width, height), layout="constrained")
@@ -41,13 +46,20 @@ def plot_task_weights(
     title: str = "task weights",
     log_scale: bool | None = None,
 ) -> Figure:
-    """One line per task: its weight against the optimizer step.
+    """One line per task: its weight against the optimizer step; above :data:`MAX_LINES`
+    tasks, a heatmap (tasks x steps) above the minimum, median and maximum weight per step.
 
     Args:
         steps: the optimizer steps at which the weights were recorded, length S.
         weights: S rows of T weights.
         task_names: the T task names (legend).
-        log_scale: log y axis; by default when the weights span more than a factor of 20.
+        log_scale: log y axis (colour scale for the heatmap); by default when the weights span
+            more than a factor of 20.
+
+    >>> names = [f"attr{k}" for k in range(40)]
+    >>> fig = plot_task_weights([0, 1], [[1.0] * 40, [0.5] * 20 + [1.5] * 20], names)
+    >>> len(fig.axes), [line.get_label() for line in fig.axes[-1].lines]  # heatmap, bar, spread
+    (3, ['max', 'median', 'min'])
     """
     if len(steps) != len(weights):
         raise ValueError(f"steps ({len(steps)}) and weights ({len(weights)}) differ in length")
@@ -59,6 +71,9 @@ def plot_task_weights(
     positive = [w for col in columns for w in col if w > 0]
     if log_scale is None:
         log_scale = bool(positive) and max(positive) / min(positive) > 20
+    if len(task_names) > MAX_LINES:
+        fig.clear()
+        return _many_task_weights(fig, steps, weights, task_names, title, log_scale)
     for name, col in zip(task_names, columns, strict=True):
         ax.plot(list(steps), list(col), label=name)
     if log_scale:
@@ -68,6 +83,46 @@ def plot_task_weights(
     ax.set_title(title)
     ax.legend(loc="best", fontsize="small", ncol=1 + len(task_names) // 8)
     ax.grid(alpha=0.3)
+    return fig
+
+
+def _many_task_weights(
+    fig: Figure,
+    steps: Sequence[int],
+    weights: Sequence[Sequence[float]],
+    task_names: Sequence[str],
+    title: str,
+    log_scale: bool,
+) -> Figure:
+    """Many tasks: heatmap of the weights (tasks x steps) and their spread per step."""
+    colors = require("matplotlib.colors", "plots", "drawing figures")
+    count = len(task_names)
+    fig.set_size_inches(7.5, max(4.5, 0.16 * count + 2.5))
+    grid = fig.add_gridspec(2, 1, height_ratios=[max(2, count // 6), 1])
+    ax = fig.add_subplot(grid[0])
+    matrix = [list(col) for col in zip(*weights, strict=True)] if weights else []
+    positive = [w for row in matrix for w in row if w > 0]
+    norm = (
+        colors.LogNorm() if log_scale and positive and len(positive) == count * len(steps) else None
+    )
+    extent = (min(steps), max(steps) + 1, count - 0.5, -0.5) if steps else None
+    image = ax.imshow(
+        matrix, aspect="auto", interpolation="nearest", extent=extent, norm=norm, cmap="viridis"
+    )
+    ax.set_yticks(range(count), list(task_names), fontsize=6 if count > 20 else "small")
+    ax.set_title(f"{title} ({count} tasks)")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="weight")
+    spread = fig.add_subplot(grid[1], sharex=ax)
+    rows = [sorted(row) for row in weights]
+    for label, pick in (("max", -1), ("median", None), ("min", 0)):
+        values = [row[len(row) // 2] if pick is None else row[pick] for row in rows]
+        spread.plot(list(steps), values, label=label)
+    if log_scale:
+        spread.set_yscale("log")
+    spread.set_xlabel("optimizer step")
+    spread.set_ylabel("weight across tasks")
+    spread.legend(loc="best", fontsize="small")
+    spread.grid(alpha=0.3)
     return fig
 
 
@@ -204,7 +259,9 @@ def plot_gradient_conflicts(
     title: str = "task-gradient cosines",
 ) -> Figure:
     """Heatmap of the pairwise task-gradient cosines (pairs x recorded steps, red = conflict)
-    above the share of conflicting pairs per step.
+    above the share of conflicting pairs per step. With more than :data:`MAX_LINES` tasks
+    (pairs ``"a~b"`` in upper-triangle order), the heatmap is the last recorded step's
+    task x task cosine matrix instead of one row per pair.
 
     >>> fig = plot_gradient_conflicts([0, 5], [[0.5], [-0.2]], ["a~b"])
     >>> len(fig.axes)  # heatmap, colour bar, share
@@ -215,6 +272,9 @@ def plot_gradient_conflicts(
     columns = [list(row) for row in cosines]
     if any(len(row) != len(pair_labels) for row in columns):
         raise ValueError(f"every row needs {len(pair_labels)} cosines (one per pair)")
+    names = list(dict.fromkeys(n for label in pair_labels for n in label.split("~", 1)))
+    if len(names) > MAX_LINES and columns:
+        return _conflict_matrix(names, steps, columns, title)
     fig = _figure(7.0, max(3.5, 0.3 * len(pair_labels) + 3.0))
     grid = fig.add_gridspec(2, 1, height_ratios=[max(1, len(pair_labels) // 4 + 2), 1])
     ax = fig.add_subplot(grid[0])
@@ -239,4 +299,39 @@ def plot_gradient_conflicts(
     share_ax.set_ylabel("conflicting pairs")
     share_ax.set_xlabel("optimizer step")
     share_ax.grid(alpha=0.3)
+    return fig
+
+
+def _conflict_share_axis(
+    fig: Figure, position: object, steps: Sequence[int], columns: list
+) -> None:
+    share_ax = fig.add_subplot(position)
+    shares = [sum(1 for c in row if c < 0) / max(1, len(row)) for row in columns]
+    share_ax.plot(list(steps), shares, color="tab:red")
+    share_ax.set_ylim(-0.05, 1.05)
+    share_ax.set_ylabel("conflicting pairs")
+    share_ax.set_xlabel("optimizer step")
+    share_ax.grid(alpha=0.3)
+
+
+def _conflict_matrix(
+    names: list[str], steps: Sequence[int], columns: list[list[float]], title: str
+) -> Figure:
+    """Many tasks: the last step's cosine matrix (tasks x tasks) above the conflict share."""
+    count = len(names)
+    fig = _figure(7.5, max(5.0, 0.16 * count + 3.5))
+    grid = fig.add_gridspec(2, 1, height_ratios=[4, 1])
+    ax = fig.add_subplot(grid[0])
+    matrix = [[1.0 if i == j else 0.0 for j in range(count)] for i in range(count)]
+    last = iter(columns[-1])
+    for i in range(count):
+        for j in range(i + 1, count):
+            matrix[i][j] = matrix[j][i] = next(last)
+    image = ax.imshow(matrix, vmin=-1.0, vmax=1.0, cmap="RdBu", interpolation="nearest")
+    font = 6 if count > 20 else "small"
+    ax.set_yticks(range(count), names, fontsize=font)
+    ax.set_xticks(range(count), names, fontsize=font, rotation=90)
+    ax.set_title(f"{title} at step {steps[-1]} ({count} tasks)")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="cosine")
+    _conflict_share_axis(fig, grid[1], steps, columns)
     return fig

@@ -223,3 +223,42 @@ def assert_resumes_identically(tmp_path: Any, make_data: Any, make_module: Any) 
     resumed = run(4, ckpt_path=tmp_path / "last.ckpt")
     for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), key
+
+
+def write_celeba(root: Any, num_images: int = 9, width: int = 20, height: int = 24) -> None:
+    """Tiny files in torchvision's CelebA layout under ``root/celeba``: JPEG images and the
+    five annotation files (attributes in -1/1, partitions 0/1/2 cycling, landmarks inside the
+    image); the images are smaller than the real 178 x 218."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from lit_mtl.data.celeba import CELEBA_ATTRIBUTES
+
+    base = Path(root) / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    names = [f"{i + 1:06d}.jpg" for i in range(num_images)]
+    for name in names:
+        pixels = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(base / "img_align_celeba" / name)
+    attrs = rng.choice([-1, 1], size=(num_images, len(CELEBA_ATTRIBUTES)))
+    marks = rng.integers(0, min(width, height), size=(num_images, 10))
+    n = str(num_images)
+    files = {
+        "list_attr_celeba.txt": [n, " ".join(CELEBA_ATTRIBUTES)]
+        + [f"{f} " + " ".join(f"{v:2d}" for v in row) for f, row in zip(names, attrs, strict=True)],
+        "list_eval_partition.txt": [f"{f} {i % 3}" for i, f in enumerate(names)],
+        "identity_CelebA.txt": [f"{f} {i + 1}" for i, f in enumerate(names)],
+        "list_bbox_celeba.txt": [n, "image_id x_1 y_1 width height"]
+        + [f"{f} 1 2 {width - 2} {height - 2}" for f in names],
+        "list_landmarks_align_celeba.txt": [
+            n,
+            "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y "
+            "rightmouth_x rightmouth_y",
+        ]
+        + [f"{f} " + " ".join(str(v) for v in row) for f, row in zip(names, marks, strict=True)],
+    }
+    for filename, lines in files.items():
+        (base / filename).write_text("\n".join(lines) + "\n")

@@ -13,7 +13,13 @@ import torch
 from lit_mtl import MultiTaskModule
 from lit_mtl.cli import build_cli
 
-from conftest import CITYSCAPES_FOLDERS, NYUV2_FOLDERS, write_oxford_pet, write_scene_folders
+from conftest import (
+    CITYSCAPES_FOLDERS,
+    NYUV2_FOLDERS,
+    write_celeba,
+    write_oxford_pet,
+    write_scene_folders,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
@@ -38,6 +44,8 @@ def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.Mon
         write_scene_folders(tmp_path / "data" / config.stem, folders[config.name])
     if config.name == "oxford_pet.yaml":
         write_oxford_pet(tmp_path / "data", size=40)
+    if config.name == "celeba.yaml":
+        write_celeba(tmp_path / "data")
     if config.name.endswith("_transfer.yaml"):  # needs its source checkpoint first
         source = config.with_name(config.name.replace("_transfer", "_source"))
         build_cli(["fit", "--config", str(source), *FAST])

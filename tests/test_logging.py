@@ -202,3 +202,26 @@ def test_ddp_epoch_values_cover_both_ranks_and_agree(tmp_path: Path) -> None:
         batches += [indices[i : i + 4] for i in range(0, 10, 4)]
     for key, value in reference(module(), val, batches).items():
         assert rank0[f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+
+
+def test_epoch_state_is_not_shared_with_processes_it_was_sent_to() -> None:
+    """ddp_spawn sends the module to each rank through torch's multiprocessing pickler, which
+    puts CPU tensors in memory shared by all processes: each rank must sum into its own state
+    (found as a flaky DDP metric: one rank read the other's sums mid-epoch)."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # registers the shared-memory tensor reductions
+
+    from lit_mtl.diagnostics import GateUsage
+    from lit_mtl.epoch_metrics import EpochTaskMetrics
+
+    spec = SPECS[0]
+    metric = EpochTaskMetrics([spec], [3])
+    received = pickle.loads(ForkingPickler.dumps(metric))
+    received.update(torch.tensor([2.0]), torch.tensor([4.0, 1.0, 1.0]), 4)
+    assert metric.totals.sum().item() == 0.0 and metric.loss_sums.sum().item() == 0.0
+    gates = GateUsage(["a"])
+    sent = pickle.loads(ForkingPickler.dumps(gates))
+    sent.update([torch.full((3, 2), 0.5)])
+    assert gates.samples.item() == 0.0 and gates.entropy_sums.sum().item() == 0.0

@@ -194,3 +194,58 @@ def test_bad_target_errors_name_the_task(
 def test_baseline_loss_is_log_c() -> None:
     assert make("multiclass", 10).baseline_loss() == pytest.approx(math.log(10))
     assert make("regression").baseline_loss() is None
+
+
+def test_sample_weights_give_the_weighted_mean_of_the_labelled_losses() -> None:
+    """Hand computation: MSE terms 1, 4, 9 (the third missing) with weights 2, 1, 5: (2*1 +
+    1*4) / 3 = 2; binary and depth take the same weighted mean; zero weights give 0."""
+    task = Task(TaskSpec("r"), 4)
+    pred = torch.tensor([1.0, 2.0, 3.0])
+    target = torch.tensor([0.0, 0.0, float("nan")])
+    loss, stats = task.evaluate(pred, target, weight=torch.tensor([2.0, 1.0, 5.0]))
+    assert loss.item() == pytest.approx(2.0)
+    assert stats[0].item() == 2  # the metrics stay unweighted: 2 labelled entries
+    zero, _ = task.evaluate(pred, target, weight=torch.zeros(3))
+    assert zero.item() == 0.0
+    binary = Task(TaskSpec("b", "binary"), 4)
+    logits, labels = torch.tensor([0.5, -1.0]), torch.tensor([1.0, 0.0])
+    per = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+    weighted, _ = binary.evaluate(logits, labels, weight=torch.tensor([3.0, 1.0]))
+    assert weighted.item() == pytest.approx(((3 * per[0] + per[1]) / 4).item())
+    depth = Task(TaskSpec("d", "depth"), 4)
+    d_pred = torch.ones(2, 1, 2, 2)
+    d_target = torch.full((2, 1, 2, 2), 3.0)
+    d_target[1] = 2.0
+    d_loss, _ = depth.evaluate(d_pred, d_target, weight=torch.tensor([1.0, 3.0]))
+    assert d_loss.item() == pytest.approx((4 * 2 * 1 + 4 * 1 * 3) / (4 * 1 + 4 * 3))
+    with pytest.raises(ValueError, match=r"task 'r': sample weights must be a \(N,\) tensor"):
+        task.evaluate(pred, target, weight=torch.ones(2))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        task.evaluate(pred, target, weight=torch.tensor([1.0, -1.0, 1.0]))
+
+
+def test_product_logit_is_the_logit_of_the_product_of_probabilities() -> None:
+    from lit_mtl.tasks import product_logit
+
+    a = torch.tensor([-30.0, -2.0, 0.0, 3.0, 40.0])
+    b = torch.tensor([1.0, 0.5, 0.0, -4.0, 40.0])
+    p = torch.sigmoid(product_logit([a, b]))
+    assert torch.allclose(p, torch.sigmoid(a) * torch.sigmoid(b), atol=1e-6)
+    assert torch.isfinite(product_logit([a, b])).all()  # p = 1 in float32 stays finite
+
+
+def test_task_relations_are_checked_in_the_spec() -> None:
+    with pytest.raises(ValueError, match="parent must name another task"):
+        TaskSpec("a", "binary", parent="a")
+    with pytest.raises(ValueError, match="product_of must list at least two other tasks"):
+        TaskSpec("a", "binary", product_of=("b",))
+    with pytest.raises(ValueError, match="a product_of task is binary"):
+        TaskSpec("a", "regression", product_of=("b", "c"))
+    spec = TaskSpec("ab", "binary", product_of=["a", "b"])  # type: ignore[arg-type]
+    assert spec.to_dict() == {
+        "name": "ab",
+        "kind": "binary",
+        "num_outputs": 1,
+        "product_of": ["a", "b"],
+    }
+    assert as_task_spec(spec.to_dict()) == spec

@@ -1,5 +1,7 @@
 """DataModules: every one knows its task specs right after ``__init__``."""
 
+from lit_mtl.data.celeba import CELEBA_ATTRIBUTES, CelebADataModule
+from lit_mtl.data.click_conversion import ClickConversionDataModule
 from lit_mtl.data.dense import CityScapesDataModule, DenseDataModule, NYUv2DataModule
 from lit_mtl.data.dense_augment import augment_batch, scale_crop_flip
 from lit_mtl.data.labelled import DIGIT_TASKS, DerivedTask, LabelledDataModule, TaskDerivedDataset
@@ -24,11 +26,14 @@ from lit_mtl.data.task_loaders import TaskSamplingLoader, task_sampling_probabil
 from lit_mtl.data.vision import VISION_TASKS, MultiMNISTDataModule, TorchvisionDataModule
 
 __all__ = [
+    "CELEBA_ATTRIBUTES",
     "DIGIT_DOMAINS",
     "DIGIT_TASKS",
     "SCENE_CLASSES",
     "VISION_TASKS",
+    "CelebADataModule",
     "CityScapesDataModule",
+    "ClickConversionDataModule",
     "DenseDataModule",
     "DerivedTask",
     "DigitsDataModule",
