@@ -196,6 +196,13 @@ class MultiTaskModule(L.LightningModule):
             training (``gradient_conflict.png``): from the Gramian a gradient method already
             computed (its own target: z or the shared parameters), else from the per-task
             gradients w.r.t. the shared parameters (T extra backward passes that step).
+        encoder_pass: multi-input batches (``{task: batch}``, each task its own inputs):
+            ``"concatenated"`` (default) runs the encoder once on all tasks' inputs stacked
+            along the batch (they need equal shapes; BatchNorm then normalises every task's
+            samples with the statistics its running averages will hold at evaluation), or
+            ``"per_task"``: once per task (inputs of any shape; BatchNorm normalises each
+            task's batch by its own statistics in training but by the running mixture of all
+            tasks at evaluation).
 
     Logged: ``train/loss`` every step; per task, ``train/{task}/loss`` and
     ``train/{task}/weight`` (the step's values) on the steps the trainer writes logs
@@ -229,6 +236,7 @@ class MultiTaskModule(L.LightningModule):
         select_tasks: Sequence[str] | None = None,
         dense_reduction: Literal["pooled", "per_batch"] = "pooled",
         gradient_conflicts_every: int | None = None,
+        encoder_pass: Literal["concatenated", "per_task"] = "concatenated",
     ) -> None:
         super().__init__()
         # Under the lit-mtl CLI the hyperparameters are the parsed config (class_path/init_args
@@ -291,6 +299,11 @@ class MultiTaskModule(L.LightningModule):
                 f"gradient_conflicts_every must be >= 1 (or None), got {gradient_conflicts_every}"
             )
         self.gradient_conflicts_every = gradient_conflicts_every
+        if encoder_pass not in ("concatenated", "per_task"):
+            raise ValueError(
+                f"encoder_pass must be 'concatenated' or 'per_task', got {encoder_pass!r}"
+            )
+        self.encoder_pass = encoder_pass
         #: (global step, (T, T) cosines) of the last conflict measurement
         self.last_gradient_cosines: tuple[int, Tensor] | None = None
         # mixture-of-experts encoders: the epoch's expert use per task
@@ -497,17 +510,19 @@ class MultiTaskModule(L.LightningModule):
         return self._multi_input_losses(batch)
 
     def _multi_input_losses(self, parts: Mapping[str, TaskBatch]) -> _TaskLosses:
-        """Each present task's loss on its own inputs: the encoder runs once per task; an
-        absent task's loss is a constant 0 (its head is not used in the step)."""
+        """Each present task's loss on its own inputs (``encoder_pass``: one encoder run on
+        the stacked inputs, or one per task); an absent task's loss is a constant 0 (its head
+        is not used in the step)."""
         preds: list[Tensor | None] = []
         sizes: list[int] = []
-        for i, (name, task) in enumerate(self.tasks.items()):
+        representations = self._multi_input_representations(parts)
+        for name, task in self.tasks.items():
             part = parts.get(name)
             if part is None:
                 preds.append(None)
                 sizes.append(0)
                 continue
-            z = self._per_task(self.encoder(part.inputs))[i]  # this task's representation
+            z = representations[name]  # this task's representation of its own inputs
             n = z.shape[0]
             task.check_target(part.targets[name], n)
             target = part.targets[name]
@@ -516,6 +531,34 @@ class MultiTaskModule(L.LightningModule):
         return self._evaluate_tasks(
             preds, [parts.get(name) for name in self.tasks], sizes, None, None
         )
+
+    def _multi_input_representations(self, parts: Mapping[str, TaskBatch]) -> dict[str, Tensor]:
+        """What each present task's head reads, computed from the task's own inputs."""
+        names = self.task_names
+        if self.encoder_pass == "per_task":
+            return {
+                name: self._per_task(self.encoder(part.inputs))[names.index(name)]
+                for name, part in parts.items()
+            }
+        inputs = {name: part.inputs for name, part in parts.items()}
+        shapes = {
+            name: tuple(x.shape[1:]) if isinstance(x, Tensor) else type(x).__name__
+            for name, x in inputs.items()
+        }
+        if len(set(shapes.values())) != 1 or not all(
+            isinstance(x, Tensor) for x in inputs.values()
+        ):
+            raise ValueError(
+                "encoder_pass='concatenated' stacks the tasks' inputs into one batch, which "
+                f"needs tensors of one shape; got {shapes}. Use encoder_pass='per_task'"
+            )
+        stacked = self._per_task(self.encoder(torch.cat(list(inputs.values()))))
+        out, start = {}, 0
+        for name, x in inputs.items():
+            n = x.shape[0]
+            out[name] = stacked[names.index(name)][start : start + n]
+            start += n
+        return out
 
     def _task_losses(
         self,

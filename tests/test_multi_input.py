@@ -50,10 +50,13 @@ def _module(dm: Any, weighting: Any) -> MultiTaskModule:
     ],
     ids=["equal", "mgda-shared", "upgrad-z"],
 )
-def test_every_task_on_the_same_dataset_equals_single_input_training(weighting: Any) -> None:
+@pytest.mark.parametrize("encoder_pass", ["concatenated", "per_task"])
+def test_every_task_on_the_same_dataset_equals_single_input_training(
+    weighting: Any, encoder_pass: str
+) -> None:
     """The same dataset in the same order for every task: the multi-input fit (the encoder run
-    once per task; for UPGrad on z the inputs are recognised as shared) ends with the
-    single-input fit's parameters."""
+    on the stacked inputs, or once per task; for UPGrad on z the inputs are recognised as
+    shared) ends with the single-input fit's parameters."""
     single = small_data(num_train=96)
     single.setup()
     multi = PerTaskDataModule(
@@ -65,6 +68,7 @@ def test_every_task_on_the_same_dataset_equals_single_input_training(weighting: 
     torch.manual_seed(0)
     reference = _module(single, weighting())
     module = copy.deepcopy(reference)
+    module.encoder_pass = encoder_pass
     module.weighting = weighting()
     module.weighting.bind(module.task_names, [s.kind for s in single.task_specs], module.encoder)
     _fit(reference, single)
@@ -275,3 +279,28 @@ def test_every_method_trains_on_distinct_inputs_with_absent_tasks(method: str) -
     assert trainer.global_step == 3
     assert all(torch.isfinite(p).all() for p in module.parameters())
     assert torch.isfinite(module.weighting.last_weights).all()
+
+
+def test_inputs_of_different_shapes_need_one_encoder_pass_per_task() -> None:
+    """A task with 8 features and one with 6 (a 'shape-agnostic' encoder: it crops to 6): the
+    stacked pass is a clear error naming the shapes; one pass per task trains."""
+
+    class FirstSix(torch.nn.Module):
+        out_features = 6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x[:, :6]
+
+    gen = torch.Generator().manual_seed(0)
+    data = {
+        "a": MultiTaskTensorDataset(torch.randn(16, 8, generator=gen), {"a": torch.randn(16)}),
+        "b": MultiTaskTensorDataset(torch.randn(16, 6, generator=gen), {"b": torch.randn(16)}),
+    }
+    dm = PerTaskDataModule([{"name": "a"}, {"name": "b"}], train=data, batch_size=8)
+    stacked = MultiTaskModule(FirstSix(), dm.task_specs, plots=False)
+    with pytest.raises(ValueError, match=r"one shape; got \{'a': \(8,\), 'b': \(6,\)\}"):
+        fast_trainer().fit(stacked, dm)
+    per_task = MultiTaskModule(FirstSix(), dm.task_specs, plots=False, encoder_pass="per_task")
+    trainer = fast_trainer()
+    trainer.fit(per_task, dm)
+    assert trainer.global_step == 2
