@@ -231,7 +231,7 @@ class TorchvisionEncoder(Encoder):
             )
         model = torchvision.models.get_model(name, weights=None, **kwargs)
         self.name = name
-        self.out_features = self._strip_classifier(model)
+        self.out_features, self._classifier = self._strip_classifier(model)
         if in_channels != 3:
             if not hasattr(model, "conv1"):
                 raise ValueError(f"in_channels={in_channels} is supported for ResNets only")
@@ -243,21 +243,28 @@ class TorchvisionEncoder(Encoder):
         self.model = model
 
     @staticmethod
-    def _strip_classifier(model: nn.Module) -> int:
+    def _strip_classifier(model: nn.Module) -> tuple[int, str]:
+        """Replace the classifier by an identity: (its input width, its attribute name)."""
         for attr in _CLASSIFIER_ATTRS:
             head = getattr(model, attr, None)
             if head is None:
                 continue
             if isinstance(head, nn.Linear):
                 setattr(model, attr, nn.Identity())
-                return head.in_features
+                return head.in_features, attr
             if isinstance(head, nn.Sequential):
                 linears = [m for m in head if isinstance(m, nn.Linear)]
                 if linears:
                     width = linears[0].in_features
                     setattr(model, attr, nn.Identity())
-                    return width
+                    return width, attr
         raise ValueError(f"cannot find the classifier of {type(model).__name__} to remove")
+
+    def replaced_source_keys(self) -> list[str]:
+        """The removed classifier, in this encoder's key names (``model.fc.`` for a ResNet): a
+        source state_dict of the full torchvision model loads without listing it in ``skip``
+        (:func:`~lit_mtl.transfer.load_source_into`)."""
+        return [f"model.{self._classifier}."]
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.flatten(self.model(x), 1)  # (N, out_features)

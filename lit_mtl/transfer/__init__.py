@@ -8,12 +8,14 @@ from lit_mtl.transfer.loading import (
     load_source_into,
     map_keys,
     read_state_dict,
+    replaced_source_keys,
 )
 from lit_mtl.transfer.module import TransferModule, resolve_layer_groups
 from lit_mtl.transfer.schedule import (
     UnfreezeSchedule,
     UnfreezeScheduleCallback,
     discriminative_factors,
+    named_param_groups,
 )
 
 __all__ = [
@@ -27,6 +29,8 @@ __all__ = [
     "l2sp_penalty",
     "load_source_into",
     "map_keys",
+    "named_param_groups",
     "read_state_dict",
+    "replaced_source_keys",
     "resolve_layer_groups",
 ]

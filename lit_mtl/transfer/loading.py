@@ -8,7 +8,11 @@ unpickling is refused (its code never runs) with an error that says how to conve
 Key handling, in order: ``module.`` and ``_orig_mod.`` (DDP / ``torch.compile`` wrappers) are
 stripped wherever they occur; ``prefix`` selects a sub-tree and strips it (e.g. ``encoder.`` of a
 MultiTaskModule checkpoint); ``rename`` maps key prefixes (``{"old.": "new."}``); ``skip`` drops
-keys equal to, or starting with, the given strings (e.g. a head with another class count).
+keys equal to, or starting with, the given strings, written either as the source names them
+(``"fc."``) or as the target does after ``prefix``/``rename`` (``"model.fc."``), e.g. a head
+with another class count. A module of the target that replaced part of the network it was built
+from declares it (``replaced_source_keys()``, e.g. ``TorchvisionEncoder``'s removed classifier):
+source keys under those names are skipped and reported, not an error.
 
 Strict by default: one error lists the missing, unexpected and shape-mismatched keys (the first
 few of each, with counts).
@@ -34,6 +38,7 @@ __all__ = [
     "load_source_into",
     "map_keys",
     "read_state_dict",
+    "replaced_source_keys",
 ]
 
 log = logging.getLogger(__name__)
@@ -109,21 +114,35 @@ def map_keys(
     skipped: list[str] = []
     for raw_key, value in state.items():
         key = _strip_wrappers(raw_key)
+        names = [key]  # the key as the source names it, then after each mapping step
         if prefix:
             if not key.startswith(prefix):
                 continue
             key = key[len(prefix) :]
+            names.append(key)
         for old, new in (rename or {}).items():
             if key.startswith(old):
                 key = new + key[len(old) :]
                 break
-        if any(key == s or key.startswith(s) for s in skip):
+        names.append(key)
+        if any(name == s or name.startswith(s) for name in names for s in skip):
             skipped.append(key)
             continue
         if key in out:
             raise ValueError(f"two source keys map to {key!r} (check prefix/rename)")
         out[key] = value
     return out, skipped
+
+
+def replaced_source_keys(target: nn.Module) -> list[str]:
+    """Key prefixes, in ``target``'s names, of parts its modules replaced on purpose: every
+    submodule's ``replaced_source_keys()``, prefixed with the submodule's path."""
+    out = []
+    for path, module in target.named_modules():
+        declared = getattr(module, "replaced_source_keys", None)
+        if callable(declared):
+            out += [f"{path}.{key}" if path else key for key in declared()]
+    return out
 
 
 def _few(keys: Sequence[str]) -> str:
@@ -146,6 +165,10 @@ def load_source_into(
     ``strict=False`` loads what matches and reports the rest (never silently: it is logged).
     """
     source, skipped = map_keys(read_state_dict(path), prefix, rename, skip)
+    replaced = replaced_source_keys(target)
+    for key in [k for k in source if any(k.startswith(r) for r in replaced)]:
+        del source[key]  # the part the target replaced on purpose (its classifier, ...)
+        skipped.append(key)
     own = target.state_dict()
     skip_own = [k for k in own if any(k == s or k.startswith(s) for s in skip)]
     missing = [k for k in own if k not in source and k not in skip_own]

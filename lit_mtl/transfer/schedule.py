@@ -27,6 +27,7 @@ __all__ = [
     "UnfreezeSchedule",
     "UnfreezeScheduleCallback",
     "discriminative_factors",
+    "named_param_groups",
 ]
 
 ScheduleKind = Literal["no_freeze", "freeze", "freeze_unfreeze", "gradual", "milestones"]
@@ -107,13 +108,58 @@ def _batchnorms(modules: Sequence[nn.Module]) -> list[nn.Module]:
     ]
 
 
+def named_param_groups(
+    module: nn.Module,
+    layer_groups: Mapping[str, Sequence[nn.Module]],
+    rest: str = "heads",
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Optimizer param groups for :class:`UnfreezeScheduleCallback` in your own module: one
+    group per layer group, named after it, then ``rest`` with every other parameter of
+    ``module`` (heads, anything not scheduled). ``options`` (``lr``, ``weight_decay``, ...) go
+    into every group.
+
+    >>> body, out = nn.Linear(4, 8), nn.Linear(8, 1)
+    >>> model = nn.Sequential(body, out)
+    >>> [(g["name"], len(g["params"])) for g in named_param_groups(model, {"body": [body]})]
+    [('body', 2), ('heads', 2)]
+    """
+    owned = {id(p): p for p in module.parameters()}
+    placed: dict[int, str] = {}
+    groups = []
+    for name, modules in layer_groups.items():
+        params = []
+        for m in modules:
+            for p in m.parameters():
+                if id(p) not in owned:
+                    raise ValueError(
+                        f"named_param_groups: layer group {name!r} holds a parameter that is not "
+                        f"one of {type(module).__name__}'s"
+                    )
+                if id(p) in placed:
+                    if placed[id(p)] != name:
+                        raise ValueError(
+                            f"named_param_groups: a parameter is in both {placed[id(p)]!r} and "
+                            f"{name!r}"
+                        )
+                    continue
+                placed[id(p)] = name
+                params.append(p)
+        groups.append({"params": params, "name": name, **options})
+    if rest in layer_groups:
+        raise ValueError(f"named_param_groups: rest={rest!r} is also a layer group name")
+    others = [p for key, p in owned.items() if key not in placed]
+    return [*groups, {"params": others, "name": rest, **options}]
+
+
 class UnfreezeScheduleCallback(LearningRateSchedule):
     """Applies an :class:`UnfreezeSchedule` to named optimizer param groups (drop-in usable).
 
     Args:
         schedule: the schedule.
         layer_groups: ordered ``{group name: [modules]}`` (input side first); the optimizer must
-            have one param group per name with ``"name": group name``.
+            have one param group per name with ``"name": group name``
+            (:meth:`param_groups` builds them from your module).
         lr_decay: discriminative factor (1 = none; ULMFiT 1/2.6).
         warmup_steps: after a group is unfrozen, its factor ramps linearly from 0 to full over
             this many optimizer steps (0 = none).
@@ -147,6 +193,13 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
         self._steps_per_epoch = 1
         self._prepared_epoch: int | None = None  # the epoch whose freezing is in place
         self.events: list[tuple[int, list[str]]] = []
+
+    def param_groups(
+        self, module: nn.Module, rest: str = "heads", **options: Any
+    ) -> list[dict[str, Any]]:
+        """The named param groups this callback needs, for ``module``'s optimizer
+        (:func:`named_param_groups` with this callback's layer groups)."""
+        return named_param_groups(module, self.layer_groups, rest, **options)
 
     # ------------------------------------------------------------------ pure state
     def unfrozen_since(self, group: str, epoch: int) -> int | None:

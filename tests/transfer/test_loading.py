@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from lit_mtl import MLPEncoder, TorchvisionEncoder
+from lit_mtl import MLPEncoder, MultiTaskModule, TaskSpec, TorchvisionEncoder
 from lit_mtl.transfer import (
     CheckpointMismatchError,
     UnsafeCheckpointError,
@@ -62,6 +62,14 @@ def test_rename_map() -> None:
     state = {"trunk.0.weight": torch.ones(1), "head.weight": torch.ones(1)}
     mapped, skipped = map_keys(state, rename={"trunk.": "blocks."}, skip=["head."])
     assert list(mapped) == ["blocks.0.weight"] and skipped == ["head.weight"]
+
+
+def test_skip_takes_the_source_names_or_the_mapped_ones() -> None:
+    """``skip`` matches a key as the source names it, after ``prefix``, or after ``rename``."""
+    state = {"module.net.fc.weight": torch.ones(1), "module.net.conv.weight": torch.ones(1)}
+    for skip in (["net.fc."], ["fc."], ["model.fc."], ["model.fc.weight"]):
+        mapped, skipped = map_keys(state, prefix="net.", rename={"": "model."}, skip=skip)
+        assert list(mapped) == ["model.conv.weight"] and skipped == ["model.fc.weight"], skip
 
 
 def test_strict_mismatch_error_lists_everything(tmp_path: Path) -> None:
@@ -147,8 +155,14 @@ def test_torchvision_resnet18_state_dict_into_encoder(tmp_path: Path) -> None:
     resnet = torchvision.models.resnet18()
     torch.save(resnet.state_dict(), tmp_path / "resnet18.pt")
     enc = TorchvisionEncoder("resnet18")
-    report = load_source_into(
-        enc, tmp_path / "resnet18.pt", rename={"": "model."}, skip=["model.fc."]
-    )
+    # the README's call, as written: the classifier the encoder removed is skipped and reported
+    report = load_source_into(enc, tmp_path / "resnet18.pt", rename={"": "model."})
     assert torch.equal(enc.model.conv1.weight, resnet.conv1.weight)
     assert report.skipped == ["model.fc.bias", "model.fc.weight"]
+    assert not report.unexpected and not report.missing
+    module = MultiTaskModule(TorchvisionEncoder("resnet18"), [TaskSpec("y")], plots=False)
+    inside = load_source_into(  # nested: the replaced classifier is found under encoder.
+        module, tmp_path / "resnet18.pt", rename={"": "encoder.model."}, skip=["tasks."]
+    )
+    assert inside.skipped[:2] == ["encoder.model.fc.bias", "encoder.model.fc.weight"]
+    assert torch.equal(module.encoder.model.conv1.weight, resnet.conv1.weight)

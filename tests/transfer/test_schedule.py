@@ -13,7 +13,12 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch import nn
 
 from lit_mtl import MLPEncoder, MultiTaskModule, TransferModule, UnfreezeSchedule
-from lit_mtl.transfer import UnfreezeScheduleCallback, discriminative_factors, l2sp_penalty
+from lit_mtl.transfer import (
+    UnfreezeScheduleCallback,
+    discriminative_factors,
+    l2sp_penalty,
+    named_param_groups,
+)
 
 from conftest import fast_trainer, small_data
 
@@ -291,6 +296,44 @@ def test_drop_in_callback_in_a_users_module() -> None:
     assert torch.equal(model.body[0].weight, low)
     fast_trainer(max_epochs=2, callbacks=[callback]).fit(model, loader)
     assert not torch.equal(model.body[0].weight, low)
+
+
+class HelperModule(UserModule):
+    """The same module with its groups built by the callback's helper, not by hand."""
+
+    def __init__(self, callback_groups: dict) -> None:
+        super().__init__()
+        self.callback = UnfreezeScheduleCallback(
+            UnfreezeSchedule("freeze_unfreeze", epoch=1),
+            {"low": [self.body[0]], "high": [self.body[2]]},
+            **callback_groups,
+        )
+
+    def configure_optimizers(self):  # type: ignore[no-untyped-def]
+        return torch.optim.SGD(self.callback.param_groups(self), lr=0.1)
+
+
+def test_drop_in_param_groups_helper() -> None:
+    """``callback.param_groups(module)`` names one group per layer group plus ``heads`` (the
+    rest); the schedule then freezes and unfreezes as with hand-named groups."""
+    model = HelperModule({"lr_decay": 0.5})
+    groups = model.callback.param_groups(model, weight_decay=0.1)
+    assert [(g["name"], len(g["params"]), g["weight_decay"]) for g in groups] == [
+        ("low", 2, 0.1),
+        ("high", 2, 0.1),
+        ("heads", 2, 0.1),
+    ]
+    low = model.body[0].weight.detach().clone()
+    data = torch.utils.data.TensorDataset(torch.randn(32, 4), torch.randn(32))
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    fast_trainer(max_epochs=1, callbacks=[model.callback]).fit(model, loader)
+    assert torch.equal(model.body[0].weight, low)
+    fast_trainer(max_epochs=2, callbacks=[model.callback]).fit(model, loader)
+    assert not torch.equal(model.body[0].weight, low)
+    with pytest.raises(ValueError, match="in both 'low' and 'again'"):
+        named_param_groups(model, {"low": [model.body[0]], "again": [model.body]})
+    with pytest.raises(ValueError, match="not one of UserModule's"):
+        named_param_groups(UserModule(), {"low": [model.body[0]]})
 
 
 def test_callback_requires_named_groups() -> None:
