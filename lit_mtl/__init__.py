@@ -29,6 +29,7 @@ from lit_mtl.dense_metrics import DepthMetrics, NormalMetrics, SegmentationMetri
 from lit_mtl.encoders import CNNEncoder, Conv1dEncoder, Encoder, MLPEncoder, TorchvisionEncoder
 from lit_mtl.multitask import MultiTaskModule, TaskBatch, unpack_batch, unpack_task_batch
 from lit_mtl.tasks import IGNORE_INDEX, Task, TaskSpec, product_logit
+from lit_mtl.timm_encoders import TimmEncoder
 from lit_mtl.transfer import (
     TransferModule,
     UnfreezeSchedule,
@@ -114,6 +115,7 @@ __all__ = [
     "Task",
     "TaskBatch",
     "TaskSpec",
+    "TimmEncoder",
     "TorchvisionDataModule",
     "TorchvisionEncoder",
     "TransferModule",

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from lit_mtl import DigitsDataModule, MNIST1DDataModule, TorchvisionEncoder
+from lit_mtl import DigitsDataModule, MNIST1DDataModule, TimmEncoder, TorchvisionEncoder
 from lit_mtl._optional import require
 from lit_mtl.plots import plot_task_weights
 
@@ -43,8 +43,9 @@ def test_require_names_the_extra(without) -> None:  # type: ignore[no-untyped-de
         (("mnist1d",), lambda: MNIST1DDataModule(num_samples=100).setup(), "data"),
         (("torchvision",), lambda: TorchvisionEncoder("resnet18"), "vision"),
         (("matplotlib",), lambda: plot_task_weights([0], [[1.0]], ["a"]), "plots"),
+        (("timm",), lambda: TimmEncoder("resnet18"), "timm"),
     ],
-    ids=["digits", "mnist1d", "torchvision", "plots"],
+    ids=["digits", "mnist1d", "torchvision", "plots", "timm"],
 )
 def test_pieces_name_their_extra(without, packages, build, extra) -> None:  # type: ignore[no-untyped-def]
     without(*packages)

@@ -32,9 +32,11 @@ from torch import Tensor, nn
 from lit_mtl.checkpoints import UnsafeCheckpointError, check_checkpoint_file, read_checkpoint
 
 __all__ = [
+    "HF_WEIGHT_FILES",
     "CheckpointMismatchError",
     "LoadReport",
     "UnsafeCheckpointError",
+    "hf_folder_weights",
     "load_source_into",
     "map_keys",
     "read_state_dict",
@@ -77,8 +79,42 @@ def _strip_wrappers(key: str) -> str:
     return key
 
 
+#: the weight files of a Hugging Face style model folder, in the order they are looked for
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def hf_folder_weights(folder: Path) -> Path:
+    """The weight file of a Hugging Face style folder (``model.safetensors`` or
+    ``pytorch_model.bin`` next to ``config.json``); an error naming what is missing."""
+    for name in HF_WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise FileNotFoundError(
+        f"source folder {str(folder)!r} holds none of {list(HF_WEIGHT_FILES)} (a Hugging Face "
+        "style model folder: weights + config.json)"
+    )
+
+
+def hf_folder_architecture(folder: Path) -> str | None:
+    """The ``architecture`` recorded in the folder's ``config.json`` (timm writes it), if any."""
+    import json
+
+    config = folder / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        data = json.loads(config.read_text())
+    except ValueError as err:
+        raise ValueError(f"{str(config)!r} is not valid JSON: {err}") from err
+    value = data.get("architecture") if isinstance(data, dict) else None
+    return str(value) if value else None
+
+
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read a tensor dict from a .ckpt / .pt / .pth / .bin / .safetensors file (safely)."""
+    """Read a tensor dict from a .ckpt / .pt / .pth / .bin / .safetensors file, or from a Hugging
+    Face style folder (``model.safetensors`` or ``pytorch_model.bin``), safely."""
+    if Path(path).is_dir():
+        path = hf_folder_weights(Path(path))
     path = check_checkpoint_file(path, "source checkpoint")
     if path.suffix == ".safetensors":
         try:
@@ -134,6 +170,18 @@ def map_keys(
     return out, skipped
 
 
+def _check_architecture(target: nn.Module, folder: Path) -> None:
+    """A folder whose config.json names another architecture than the target's encoder
+    (``architecture`` of a :class:`~lit_mtl.TimmEncoder`) is an error naming both."""
+    recorded = hf_folder_architecture(folder)
+    built = {getattr(m, "architecture", None) for m in target.modules()} - {None}
+    if recorded and built and recorded not in built:
+        raise ValueError(
+            f"source folder {str(folder)!r} holds a {recorded!r} (config.json) but the target is "
+            f"built as {sorted(built)}"
+        )
+
+
 def replaced_source_keys(target: nn.Module) -> list[str]:
     """Key prefixes, in ``target``'s names, of parts its modules replaced on purpose: every
     submodule's ``replaced_source_keys()``, prefixed with the submodule's path."""
@@ -164,6 +212,8 @@ def load_source_into(
     unexpected key or shape mismatch raises one :class:`CheckpointMismatchError` listing them.
     ``strict=False`` loads what matches and reports the rest (never silently: it is logged).
     """
+    if Path(path).is_dir():
+        _check_architecture(target, Path(path))
     source, skipped = map_keys(read_state_dict(path), prefix, rename, skip)
     replaced = replaced_source_keys(target)
     for key in [k for k in source if any(k.startswith(r) for r in replaced)]:

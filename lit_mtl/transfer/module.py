@@ -17,7 +17,7 @@ from lit_mtl.checkpoints import file_sha256
 from lit_mtl.multitask import MultiTaskModule
 from lit_mtl.tasks import TaskSpec
 from lit_mtl.transfer.l2sp import is_l2sp_weight, l2sp_penalty
-from lit_mtl.transfer.loading import LoadReport, load_source_into
+from lit_mtl.transfer.loading import LoadReport, hf_folder_weights, load_source_into
 from lit_mtl.transfer.schedule import UnfreezeSchedule, UnfreezeScheduleCallback
 from lit_mtl.weighting import Weighting
 
@@ -65,7 +65,8 @@ class TransferModule(MultiTaskModule):
 
     Args (besides those of :class:`~lit_mtl.MultiTaskModule`):
         source: path of the source weights (``.ckpt``, ``.pt``/``.pth``/``.bin``,
-            ``.safetensors``); None trains from scratch (with the same groups and schedule).
+            ``.safetensors``, or a Hugging Face style folder: ``model.safetensors`` +
+            ``config.json``); None trains from scratch (with the same groups and schedule).
         source_prefix: sub-tree of the source to load into the encoder (``encoder.`` for a
             MultiTaskModule checkpoint; empty for a bare encoder / torchvision state_dict).
         source_rename, source_skip, strict: key handling (see :mod:`lit_mtl.transfer.loading`).
@@ -126,7 +127,8 @@ class TransferModule(MultiTaskModule):
                 skip=source_skip or (),
                 strict=strict,
             )
-            self.source_provenance = {"path": str(source), "sha256": file_sha256(source)}
+            weights = hf_folder_weights(Path(source)) if Path(source).is_dir() else source
+            self.source_provenance = {"path": str(source), "sha256": file_sha256(weights)}
         self._restored = False
         if isinstance(schedule, dict):
             schedule = UnfreezeSchedule(**schedule)
