@@ -1,5 +1,10 @@
 """Transfer learning: safe source loading, unfreezing schedules, discriminative LR, L2-SP."""
 
+from lit_mtl.transfer.feature_cache import (
+    CachedFeatureDataModule,
+    FeatureInput,
+    encoder_fingerprint,
+)
 from lit_mtl.transfer.l2sp import l2sp_penalty
 from lit_mtl.transfer.loading import (
     CheckpointMismatchError,
@@ -20,13 +25,16 @@ from lit_mtl.transfer.schedule import (
 )
 
 __all__ = [
+    "CachedFeatureDataModule",
     "CheckpointMismatchError",
+    "FeatureInput",
     "LoadReport",
     "TransferModule",
     "UnfreezeSchedule",
     "UnfreezeScheduleCallback",
     "UnsafeCheckpointError",
     "discriminative_factors",
+    "encoder_fingerprint",
     "hf_folder_weights",
     "l2sp_penalty",
     "load_source_into",
