@@ -1,6 +1,7 @@
 """lit_mtl: PyTorch Lightning building blocks for multi-task and transfer learning."""
 
 from lit_mtl.architectures import CGC, PLE, CrossStitch, MMoE, OMoE
+from lit_mtl.averaging import EMA, SWA
 from lit_mtl.data import (
     CelebADataModule,
     CityScapesDataModule,
@@ -66,6 +67,7 @@ __all__ = [
     "CGC",
     "DBMTL",
     "DWA",
+    "EMA",
     "FAMO",
     "IGNORE_INDEX",
     "IMTLG",
@@ -73,6 +75,7 @@ __all__ = [
     "MGDAUB",
     "PLE",
     "RLW",
+    "SWA",
     "AlignedMTL",
     "CAGrad",
     "CNNEncoder",

@@ -186,3 +186,33 @@ def test_ddp_multi_input_ranks_stay_identical(tmp_path: Path, combine: str) -> N
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert not torch.equal(rank0["encoder.blocks.0.0.weight"], before["encoder.blocks.0.0.weight"])
+
+
+def test_ddp_ema_across_an_unfreeze_keeps_ranks_identical(tmp_path: Path) -> None:
+    """EMA while the encoder unfreezes at epoch 1, 2 processes: the averaged weights that end
+    the fit are identical on both ranks (each rank averages the same all-reduced updates)."""
+    from lit_mtl import EMA
+    from lit_mtl.transfer import TransferModule, UnfreezeSchedule
+
+    L.seed_everything(0)
+    dm = small_data(num_train=128, batch_size=16)
+    module = TransferModule(
+        MLPEncoder(dm.in_features, [16, 16]),
+        dm.task_specs,
+        schedule=UnfreezeSchedule("freeze_unfreeze", epoch=1),
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+        plots=False,
+    )
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    trainer = fast_trainer(
+        max_epochs=2,
+        devices=2,
+        strategy="ddp_spawn",
+        callbacks=[EMA(decay=0.9), SaveStatePerRank(tmp_path)],
+    )
+    trainer.fit(module, dm)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert not torch.equal(rank0["encoder.blocks.0.0.weight"], before["encoder.blocks.0.0.weight"])
