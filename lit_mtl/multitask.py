@@ -319,12 +319,7 @@ class MultiTaskModule(L.LightningModule):
                 "read other tasks' heads. Use target='shared' (or 'last_shared_layer'), or a "
                 "loss-based weighting"
             )
-        self.weighting.bind(
-            names,
-            [s.kind for s in specs],
-            encoder=encoder,
-            baseline_losses=[task.baseline_loss() for task in self.tasks.values()],
-        )
+        self.bind_weighting()
         sizes = [task.statistics_size for task in self.tasks.values()]
         self.epoch_metrics = nn.ModuleDict(
             {
@@ -378,6 +373,16 @@ class MultiTaskModule(L.LightningModule):
     @property
     def task_names(self) -> list[str]:
         return list(self.tasks.keys())
+
+    def bind_weighting(self) -> None:
+        """Bind the weighting to the tasks and the encoder (its gradient target); called again
+        when the encoder's parameters change after construction (LoRA adapters)."""
+        self.weighting.bind(
+            self.task_names,
+            [task.spec.kind for task in self.tasks.values()],
+            encoder=self.encoder,
+            baseline_losses=[task.baseline_loss() for task in self.tasks.values()],
+        )
 
     def _differentiates_representation(self) -> bool:
         """Whether the weighting takes per-task gradients w.r.t. the representation z."""

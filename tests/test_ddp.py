@@ -216,3 +216,35 @@ def test_ddp_ema_across_an_unfreeze_keeps_ranks_identical(tmp_path: Path) -> Non
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert not torch.equal(rank0["encoder.blocks.0.0.weight"], before["encoder.blocks.0.0.weight"])
+
+
+def test_ddp_lora_keeps_ranks_identical(tmp_path: Path) -> None:
+    """LoRA adapters on a loaded source, 2 processes: adapters, heads and the frozen source
+    weights end identical on both ranks."""
+    pytest.importorskip("peft")
+    from lit_mtl.transfer import TransferModule
+
+    L.seed_everything(0)
+    dm = small_data(num_train=128, batch_size=16)
+    torch.save(MLPEncoder(dm.in_features, [16, 16]).state_dict(), tmp_path / "source.pt")
+    module = TransferModule(
+        MLPEncoder(dm.in_features, [16, 16]),
+        dm.task_specs,
+        source=str(tmp_path / "source.pt"),
+        lora={"target_modules": [r"blocks\.\d\.0"], "r": 4},
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-2),
+        plots=False,
+    )
+    before = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    trainer = fast_trainer(
+        max_epochs=2, devices=2, strategy="ddp_spawn", callbacks=[SaveStatePerRank(tmp_path)]
+    )
+    trainer.fit(module, dm)
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    adapter = "encoder.blocks.0.0.lora_B.default.weight"
+    assert not torch.equal(rank0[adapter], before[adapter])
+    base = "encoder.blocks.0.0.base_layer.weight"
+    assert torch.equal(rank0[base], before[base])

@@ -6,9 +6,16 @@ import sys
 
 import pytest
 
-from lit_mtl import DigitsDataModule, MNIST1DDataModule, TimmEncoder, TorchvisionEncoder
+from lit_mtl import (
+    DigitsDataModule,
+    MLPEncoder,
+    MNIST1DDataModule,
+    TimmEncoder,
+    TorchvisionEncoder,
+)
 from lit_mtl._optional import require
 from lit_mtl.plots import plot_task_weights
+from lit_mtl.transfer.lora import inject_lora
 
 from conftest import fast_trainer, small_data, small_module
 
@@ -44,8 +51,9 @@ def test_require_names_the_extra(without) -> None:  # type: ignore[no-untyped-de
         (("torchvision",), lambda: TorchvisionEncoder("resnet18"), "vision"),
         (("matplotlib",), lambda: plot_task_weights([0], [[1.0]], ["a"]), "plots"),
         (("timm",), lambda: TimmEncoder("resnet18"), "timm"),
+        (("peft",), lambda: inject_lora(MLPEncoder(4, [4]), ["blocks.0.0"]), "lora"),
     ],
-    ids=["digits", "mnist1d", "torchvision", "plots", "timm"],
+    ids=["digits", "mnist1d", "torchvision", "plots", "timm", "peft"],
 )
 def test_pieces_name_their_extra(without, packages, build, extra) -> None:  # type: ignore[no-untyped-def]
     without(*packages)

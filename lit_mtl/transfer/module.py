@@ -18,6 +18,7 @@ from lit_mtl.multitask import MultiTaskModule
 from lit_mtl.tasks import TaskSpec
 from lit_mtl.transfer.l2sp import is_l2sp_weight, l2sp_penalty
 from lit_mtl.transfer.loading import LoadReport, hf_folder_weights, load_source_into
+from lit_mtl.transfer.lora import inject_lora, lora_settings
 from lit_mtl.transfer.schedule import UnfreezeSchedule, UnfreezeScheduleCallback
 from lit_mtl.weighting import Weighting
 
@@ -77,6 +78,10 @@ class TransferModule(MultiTaskModule):
         train_bn: let BatchNorm of frozen groups update its running statistics.
         l2sp_alpha, l2sp_beta: L2-SP strengths (0 = off; authors: 0.1 and 0.01). Use with an
             optimizer without weight decay: L2-SP replaces it.
+        lora: LoRA adapters on the encoder after the source is loaded (needs the ``lora``
+            extra, peft): ``{"target_modules": [name patterns], "r": 8, "alpha": 16,
+            "dropout": 0}``; the encoder's other weights stay frozen whatever the schedule, the
+            adapters and heads train (:mod:`lit_mtl.transfer.lora`).
 
     Param groups exist from step 0: one per layer group (named after it), ``heads`` and the
     weighting's. The schedule is applied by an :class:`UnfreezeScheduleCallback` this module
@@ -105,6 +110,7 @@ class TransferModule(MultiTaskModule):
         train_bn: bool = False,
         l2sp_alpha: float = 0.0,
         l2sp_beta: float = 0.0,
+        lora: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(encoder=encoder, tasks=tasks, weighting=weighting, **kwargs)
@@ -135,6 +141,17 @@ class TransferModule(MultiTaskModule):
         self.schedule = schedule or UnfreezeSchedule()
         if "schedule" in self.hparams:  # plain data in the checkpoint (weights_only loading)
             self.hparams["schedule"] = dataclasses.asdict(self.schedule)
+        #: the modules carrying LoRA adapters (empty without ``lora``)
+        self.lora_modules: list[str] = []
+        if lora:
+            if l2sp_alpha > 0:
+                raise ValueError(
+                    "lora and L2-SP (l2sp_alpha > 0) do not combine: LoRA keeps the source "
+                    "weights frozen, there is nothing for L2-SP to hold near them"
+                )
+            settings = lora_settings(lora)
+            self.lora_modules = inject_lora(self.encoder, **settings)
+            self.bind_weighting()  # the gradient target is now the adapters
         self.groups = resolve_layer_groups(self.encoder, layer_groups)
         self.lr_decay = float(lr_decay)
         self.warmup_steps = int(warmup_steps)
@@ -160,6 +177,7 @@ class TransferModule(MultiTaskModule):
             lr_decay=self.lr_decay,
             warmup_steps=self.warmup_steps,
             train_bn=self.train_bn,
+            fixed=[p for p in self.encoder.parameters() if not p.requires_grad] if lora else (),
         )
 
     # ------------------------------------------------------------------ checkpoints

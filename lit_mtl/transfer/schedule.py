@@ -168,6 +168,8 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
         log_lrs: log every group's effective lr (``lr/<group>``), the number of trainable
             groups (``transfer/unfrozen_groups``) and each group's state
             (``transfer/trainable/<group>``: 1 once unfrozen) each epoch.
+        fixed: parameters that stay frozen whatever the schedule (LoRA's base weights): their
+            ``requires_grad`` is never switched on.
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
         warmup_steps: int = 0,
         train_bn: bool = False,
         log_lrs: bool = True,
+        fixed: Sequence[nn.Parameter] = (),
     ) -> None:
         if not 0 < lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
@@ -188,6 +191,7 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
         self.warmup_steps = int(warmup_steps)
         self.train_bn = bool(train_bn)
         self.log_lrs = bool(log_lrs)
+        self._fixed = {id(p) for p in fixed}
         self._hooks: list[Any] = []
         self._saved: list[float] = []
         self._steps_per_epoch = 1
@@ -233,7 +237,8 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
             if safe_to_toggle:
                 for module in modules:
                     for p in module.parameters():
-                        p.requires_grad_(not frozen)
+                        if id(p) not in self._fixed:
+                            p.requires_grad_(not frozen)
             self._set_bn_mode(modules, frozen)
         return trainable
 
