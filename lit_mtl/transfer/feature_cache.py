@@ -83,7 +83,10 @@ class CachedFeatureDataModule(SplitDataModule):
     Args:
         datamodule: the DataModule of the probe (one dataset per split, no augmentation: a
             DataModule that changes its inputs per epoch cannot be cached).
-        encoder: the frozen encoder (its source weights already loaded).
+        encoder: the frozen encoder (its source weights loaded, or given by ``source``).
+        source, source_prefix: source weights to load into ``encoder`` first (strict;
+            :func:`~lit_mtl.transfer.load_source_into`), e.g. ``encoder.`` of a
+            MultiTaskModule checkpoint: what a config needs.
         cache_dir: where feature files go (and are found again); None: in memory, unless a
             split's features exceed ``max_memory_mb``, which is then an error asking for one.
         max_memory_mb: the largest split kept in memory without ``cache_dir``.
@@ -103,8 +106,14 @@ class CachedFeatureDataModule(SplitDataModule):
         max_memory_mb: float = 1024.0,
         batch_size: int | None = None,
         device: str | torch.device = "cpu",
+        source: str | None = None,
+        source_prefix: str = "",
     ) -> None:
         super().__init__()
+        if source:
+            from lit_mtl.transfer.loading import load_source_into
+
+            load_source_into(encoder, source, prefix=source_prefix or None)
         if getattr(datamodule, "augment", False):
             raise ValueError(
                 f"CachedFeatureDataModule: {type(datamodule).__name__}(augment=True) changes its "
