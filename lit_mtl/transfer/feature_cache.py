@@ -11,8 +11,10 @@ is in eval mode under :class:`~lit_mtl.transfer.TransferModule`), the heads see 
 uncached probe computes, batch for batch: the results agree up to the float round-off of
 batched matrix products (tested to 1e-5).
 
-The features stay in memory up to ``max_memory_mb``; above it, or with ``cache_dir``, they are
-written to ``cache_dir/<fingerprint>.pt`` and memory-mapped. The fingerprint is a SHA-256 of the
+The features stay in memory up to ``max_memory_mb`` per split; above it they are written to
+disk and memory-mapped (to ``cache_dir``, or without one to a ``lit_mtl_features`` folder in the
+system's temporary directory); with ``cache_dir`` they are always written there, and found again
+by a later run. The fingerprint is a SHA-256 of the
 encoder's state (every parameter and buffer), the split and every input sample's bytes: a
 changed encoder or changed data gives another file, never a stale cache.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -87,8 +90,8 @@ class CachedFeatureDataModule(SplitDataModule):
         source, source_prefix: source weights to load into ``encoder`` first (strict;
             :func:`~lit_mtl.transfer.load_source_into`), e.g. ``encoder.`` of a
             MultiTaskModule checkpoint: what a config needs.
-        cache_dir: where feature files go (and are found again); None: in memory, unless a
-            split's features exceed ``max_memory_mb``, which is then an error asking for one.
+        cache_dir: where feature files go (and are found again); None: in memory, or, for a
+            split above ``max_memory_mb``, a file in the temporary directory.
         max_memory_mb: the largest split kept in memory without ``cache_dir``.
         batch_size: batch size of the one encoder pass (default: the DataModule's).
         device: where the encoder runs for the pass.
@@ -130,6 +133,8 @@ class CachedFeatureDataModule(SplitDataModule):
             setattr(self, attr, getattr(datamodule, attr))
         self.datasets: dict[str, Any] = {}
         self.cache_status: dict[str, str] = {}
+        #: the feature file of each split kept on disk
+        self.cache_files: dict[str, Path] = {}
 
     @property
     def out_features(self) -> int:
@@ -164,21 +169,21 @@ class CachedFeatureDataModule(SplitDataModule):
         path = self.cache_dir / f"{key}.pt" if self.cache_dir is not None else None
         if path is not None and path.exists():
             self.cache_status[split] = "hit"
+            self.cache_files[split] = path
             stored = torch.load(path, mmap=True, weights_only=True)
             return MultiTaskTensorDataset(stored["features"], stored["targets"])
         features, targets = self._encode(dataset)
         self.cache_status[split] = "computed"
         size_mb = features.numel() * features.element_size() / 2**20
-        if path is None and size_mb > self.max_memory_mb:
-            raise ValueError(
-                f"CachedFeatureDataModule: the {split} features take {size_mb:.0f} MiB, above "
-                f"max_memory_mb={self.max_memory_mb:.0f}; pass cache_dir= to keep them on disk"
-            )
+        if path is None and size_mb > self.max_memory_mb:  # too large for memory: spill
+            path = Path(tempfile.gettempdir()) / "lit_mtl_features" / f"{key}.pt"
+            log.info("%s features (%.0f MiB) memory-mapped from %s", split, size_mb, path)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             partial = path.with_suffix(".partial")
             torch.save({"features": features, "targets": targets}, partial)
             partial.replace(path)  # a reader never sees a half-written file
+            self.cache_files[split] = path
             stored = torch.load(path, mmap=True, weights_only=True)
             features, targets = stored["features"], stored["targets"]
         return MultiTaskTensorDataset(features, targets)

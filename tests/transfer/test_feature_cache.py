@@ -80,9 +80,14 @@ def test_the_cache_is_found_again_and_follows_encoder_and_data(tmp_path: Path) -
     assert set(status(changed).values()) == {"computed"}  # another encoder
     assert set(status(encoder, seed=1).values()) == {"computed"}  # other data
     assert len(list(tmp_path.glob("*.pt"))) == 9
-    small = CachedFeatureDataModule(small_data(), encoder, max_memory_mb=1e-3)
-    with pytest.raises(ValueError, match="above max_memory_mb=0; pass cache_dir="):
-        small.setup()
+    spilled = CachedFeatureDataModule(small_data(), encoder, max_memory_mb=1e-3)
+    spilled.setup()  # above the memory budget: memory-mapped from a temporary file
+    train = spilled.datasets["train"]
+    in_memory = CachedFeatureDataModule(small_data(), encoder)
+    in_memory.setup()
+    assert torch.equal(train.inputs, in_memory.datasets["train"].inputs)
+    assert set(spilled.cache_files) == {"train", "val", "test"} and not in_memory.cache_files
+    assert spilled.cache_files["train"].is_file()
 
 
 def test_augmented_inputs_are_refused() -> None:

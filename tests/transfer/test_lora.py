@@ -19,7 +19,7 @@ from lit_mtl.transfer.lora import (
     save_adapters,
 )
 
-from conftest import fast_trainer, small_data
+from conftest import assert_resumes_identically, fast_trainer, small_data
 
 pytest.importorskip("peft")
 
@@ -131,3 +131,11 @@ def test_a_gradient_method_differentiates_the_adapters(tmp_path: Path) -> None:
     assert torch.isfinite(module.weighting.last_weights).all()
     with pytest.raises(ValueError, match="lora and L2-SP"):
         _module(source, MLPEncoder(8, [16, 16]), l2sp_alpha=0.1)
+
+
+def test_a_lora_fit_resumes_exactly(tmp_path: Path) -> None:
+    """4 epochs in one run equal 2, a checkpoint and 2 more (adapters, heads, Adam state)."""
+    source = _source(tmp_path, MLPEncoder(8, [16, 16]))
+    assert_resumes_identically(
+        tmp_path, small_data, lambda dm: _module(source, MLPEncoder(8, [16, 16]))
+    )
