@@ -292,20 +292,15 @@ def plot_gradient_conflicts(
     ax.set_yticks(range(len(pair_labels)), list(pair_labels), fontsize="small")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, shrink=0.8, label="cosine")
-    share_ax = fig.add_subplot(grid[1], sharex=ax)
-    shares = [sum(1 for c in row if c < 0) / max(1, len(row)) for row in columns]
-    share_ax.plot(list(steps), shares, color="tab:red")
-    share_ax.set_ylim(-0.05, 1.05)
-    share_ax.set_ylabel("conflicting pairs")
-    share_ax.set_xlabel("optimizer step")
-    share_ax.grid(alpha=0.3)
+    _conflict_share_axis(fig, grid[1], steps, columns, sharex=ax)
     return fig
 
 
 def _conflict_share_axis(
-    fig: Figure, position: object, steps: Sequence[int], columns: list
+    fig: Figure, position: object, steps: Sequence[int], columns: list, sharex: object = None
 ) -> None:
-    share_ax = fig.add_subplot(position)
+    """The share of conflicting pairs (negative cosines) per recorded step."""
+    share_ax = fig.add_subplot(position, sharex=sharex)
     shares = [sum(1 for c in row if c < 0) / max(1, len(row)) for row in columns]
     share_ax.plot(list(steps), shares, color="tab:red")
     share_ax.set_ylim(-0.05, 1.05)

@@ -197,18 +197,23 @@ def write_oxford_pet(root: Any, trainval: int = 6, test: int = 3, size: int = 20
         (base / "annotations" / f"{split}.txt").write_text("\n".join(lines) + "\n")
 
 
-def assert_resumes_identically(tmp_path: Any, make_data: Any, make_module: Any) -> None:
+def assert_resumes_identically(
+    tmp_path: Any, make_data: Any, make_module: Any, make_callbacks: Any = list
+) -> None:
     """A 4-epoch fit ends with the same state as a 2-epoch fit saved to ``last.ckpt`` and
     resumed to 4 epochs (every entry of the module's state_dict, exactly).
 
-    ``make_data()`` returns a fresh DataModule, ``make_module(dm)`` a fresh module for it."""
+    ``make_data()`` returns a fresh DataModule, ``make_module(dm)`` a fresh module for it,
+    ``make_callbacks()`` fresh trainer callbacks (e.g. weight averaging)."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     def run(max_epochs: int, ckpt_path: Any = None, save: bool = False) -> L.LightningModule:
         L.seed_everything(0)
         dm = make_data()
         module = make_module(dm)
-        callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True)] if save else []
+        callbacks = list(make_callbacks())
+        if save:
+            callbacks.append(ModelCheckpoint(dirpath=tmp_path, save_last=True))
         trainer = fast_trainer(
             max_epochs=max_epochs,
             callbacks=callbacks,

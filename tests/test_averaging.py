@@ -14,7 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lit_mtl import EMA, SWA, GradNorm, MLPEncoder
 from lit_mtl.transfer import TransferModule, UnfreezeSchedule
 
-from conftest import fast_trainer, small_data, small_module
+from conftest import assert_resumes_identically, fast_trainer, small_data, small_module
 
 WEIGHT = "encoder.blocks.0.0.weight"
 
@@ -93,24 +93,12 @@ def test_a_frozen_group_keeps_its_source_value_in_the_average() -> None:
 def test_averaging_across_an_unfreeze_resumes_exactly(tmp_path: Path, averaging) -> None:  # type: ignore[no-untyped-def]
     """Gradual unfreezing with EMA (per step) or SWA (per epoch): 4 epochs in one run equal 2
     epochs, a checkpoint, and 2 more: the weights, the average and the weighting."""
-
-    def run(max_epochs: int, ckpt: Path | None = None, save: bool = False) -> TransferModule:
-        L.seed_everything(0)
-        module = _transfer(UnfreezeSchedule("gradual"))
-        callbacks = [averaging()]
-        if save:
-            callbacks.append(ModelCheckpoint(dirpath=tmp_path, save_last=True))
-        trainer = fast_trainer(
-            max_epochs=max_epochs, callbacks=callbacks, enable_checkpointing=save
-        )
-        trainer.fit(module, small_data(num_train=64, batch_size=16), ckpt_path=ckpt)
-        return module
-
-    full = run(4)
-    run(2, save=True)
-    resumed = run(4, ckpt=tmp_path / "last.ckpt")
-    for (key, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
-        assert torch.equal(a, b), key
+    assert_resumes_identically(
+        tmp_path,
+        lambda: small_data(num_train=64, batch_size=16),
+        lambda dm: _transfer(UnfreezeSchedule("gradual")),
+        make_callbacks=lambda: [averaging()],
+    )
 
 
 def test_arguments_are_checked() -> None:

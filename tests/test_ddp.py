@@ -52,6 +52,16 @@ FAMILIES: dict[str, tuple[type[Weighting], str]] = {
 }
 
 
+def identical_ranks(directory: Path) -> dict:
+    """Rank 0's final state (:class:`SaveStatePerRank`), after asserting rank 1's is equal
+    entry by entry."""
+    rank0 = torch.load(directory / "rank0.pt", weights_only=True)
+    rank1 = torch.load(directory / "rank1.pt", weights_only=True)
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    return rank0
+
+
 def _fit_ddp(tmp_path: Path, weighting: Weighting, precision: str) -> tuple[dict, dict, dict]:
     L.seed_everything(0)
     dm = small_data(num_train=256, batch_size=32, missing_fraction={"reg1": 0.3})
@@ -181,10 +191,7 @@ def test_ddp_multi_input_ranks_stay_identical(tmp_path: Path, combine: str) -> N
         callbacks=[SaveStatePerRank(tmp_path)],
     )
     trainer.fit(module, dm)
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
+    rank0 = identical_ranks(tmp_path)
     assert not torch.equal(rank0["encoder.blocks.0.0.weight"], before["encoder.blocks.0.0.weight"])
 
 
@@ -211,10 +218,7 @@ def test_ddp_ema_across_an_unfreeze_keeps_ranks_identical(tmp_path: Path) -> Non
         callbacks=[EMA(decay=0.9), SaveStatePerRank(tmp_path)],
     )
     trainer.fit(module, dm)
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
+    rank0 = identical_ranks(tmp_path)
     assert not torch.equal(rank0["encoder.blocks.0.0.weight"], before["encoder.blocks.0.0.weight"])
 
 
@@ -240,10 +244,7 @@ def test_ddp_lora_keeps_ranks_identical(tmp_path: Path) -> None:
         max_epochs=2, devices=2, strategy="ddp_spawn", callbacks=[SaveStatePerRank(tmp_path)]
     )
     trainer.fit(module, dm)
-    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
-    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), key
+    rank0 = identical_ranks(tmp_path)
     adapter = "encoder.blocks.0.0.lora_B.default.weight"
     assert not torch.equal(rank0[adapter], before[adapter])
     base = "encoder.blocks.0.0.base_layer.weight"
