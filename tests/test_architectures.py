@@ -161,7 +161,7 @@ def test_shared_target_differentiates_the_declared_parameters_only() -> None:
         grads = torch.autograd.grad(loss, engine.params, retain_graph=True)
         rows.append(torch.cat([g.reshape(-1) for g in grads]))
     direct = torch.stack(rows)
-    assert torch.allclose(jacobian.gramian(), direct @ direct.T, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(jacobian.gramian().float(), direct @ direct.T, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow

@@ -328,6 +328,26 @@ def test_pinned_loss_weightings(label, factory, kinds, losses, expected, weights
     assert w.last_weights.tolist() == pytest.approx(weights, rel=1e-6)
 
 
+@pytest.mark.parametrize("name", ["nash_mtl", "imtl_g", "aligned_mtl"])
+def test_a_zero_initialised_head_still_trains(name: str) -> None:
+    """A head initialised to zero has a zero gradient of the shared target: Nash-MTL gives it
+    coefficient 1 (was 15635: its bias gradient 6.6e3 instead of 0.42), IMTL-G and Aligned-MTL
+    the others' mean (was 0 and a frozen head, or d = 0); the others are solved among themselves."""
+    problem = Problem()
+    with torch.no_grad():
+        problem.heads[0].weight.zero_()
+        problem.heads[0].bias.zero_()
+    w = bound(name, problem)
+    losses, z = problem.losses()
+    w(losses, representation=z).backward()
+    c = w.last_weights
+    others = c[1:].mean().item()
+    assert c[0].item() == pytest.approx(1.0 if name == "nash_mtl" else others, rel=1e-5)
+    own = torch.autograd.grad(problem.losses()[0][0], problem.heads[0].bias)[0]
+    torch.testing.assert_close(problem.heads[0].bias.grad, c[0] * own, rtol=1e-5, atol=1e-7)
+    assert problem.encoder[0].weight.grad.abs().sum() > 0  # the other tasks move the encoder
+
+
 def test_gradient_methods_apply_the_coefficients_to_the_task_gradients() -> None:
     """Drop-in with explicit shared parameters: the backward equals sum_i c_i g_i exactly."""
     problem = Problem()
@@ -384,6 +404,36 @@ def test_uncertainty_stationary_points() -> None:
         w.log_vars.copy_(torch.log(torch.tensor([0.7, 1.4])))
     w(losses).backward()
     assert w.log_vars.grad.abs().max().item() < 1e-6
+
+
+def test_uncertainty_form_of_every_kind_and_its_stationary_point() -> None:
+    """Each kind's term is the negative log-likelihood of its loss: MSE kinds Gaussian
+    (exp(s*) = L), depth's L1 Laplace (exp(s*/2) = L), cross-entropy kinds classification
+    (exp(s*) = 2 L), normals' 1 - cos von Mises-Fisher (exp(s*) = L); d/ds = 0 exactly there."""
+    kinds = ["regression", "dense_regression", "depth", "normals", "binary", "segmentation"]
+    w = UncertaintyWeighting(task_kinds=kinds)
+    assert (
+        w.forms == ["gaussian", "gaussian", "laplace", "von_mises_fisher"] + ["classification"] * 2
+    )
+    loss = 0.3
+    stationary = [loss, loss, loss**2, loss, 2 * loss, 2 * loss]  # exp(s*)
+    with torch.no_grad():
+        w.log_vars.copy_(torch.log(torch.tensor(stationary)))
+    w(torch.full((6,), loss)).backward()
+    assert w.log_vars.grad.abs().max().item() < 1e-6
+    # at s = 0 the weights are the forms' a: 0.5 for Gaussian, 1 otherwise
+    assert UncertaintyWeighting(task_kinds=kinds)(torch.ones(6)).item() == pytest.approx(5.0)
+    # an explicit form per task overrides the kind (a regression trained with L1)
+    assert UncertaintyWeighting(forms=["laplace"]).forms == ["laplace"]
+    with pytest.raises(ValueError, match="unknown uncertainty form"):
+        UncertaintyWeighting(forms=["cauchy"])
+
+
+def test_uncertainty_loads_a_checkpoint_with_the_old_is_regression_state() -> None:
+    w = UncertaintyWeighting(task_kinds=["regression", "multiclass"])
+    old = {"log_vars": torch.tensor([0.1, 0.2]), "is_regression": torch.tensor([True, False])}
+    w.load_state_dict(old)
+    assert w.log_vars.tolist() == pytest.approx([0.1, 0.2])
 
 
 def test_uncertainty_has_own_param_group_without_weight_decay() -> None:

@@ -18,7 +18,30 @@ from torch import Tensor
 
 from lit_mtl.engines.distributed import all_reduce_mean, all_reduce_sum, world_size
 
-__all__ = ["Injection", "TaskJacobian", "inject_gradients"]
+__all__ = ["Injection", "TaskJacobian", "float64_gramian", "inject_gradients"]
+
+#: float64 copies of J are made this many bytes at a time (the Gramian's transient memory)
+GRAMIAN_CHUNK_BYTES = 64 * 2**20
+
+
+def float64_gramian(blocks: Sequence[Tensor], others: Sequence[Tensor] | None = None) -> Tensor:
+    """sum_k A_k B_k^T in float64 for float32 column blocks A_k (T_a, P_k), B_k (T_b, P_k)
+    (``others=None``: B = A, the Gramian), converting at most ``GRAMIAN_CHUNK_BYTES`` of
+    columns to float64 at a time, so the transient memory is bounded whatever P is."""
+    others = blocks if others is None else others
+    first = blocks[0]
+    out = torch.zeros(
+        (first.shape[0], others[0].shape[0]), dtype=torch.float64, device=first.device
+    )
+    with torch.autocast(first.device.type, enabled=False):
+        for a, b in zip(blocks, others, strict=True):
+            rows = max(a.shape[0] + (0 if b is a else b.shape[0]), 1)
+            step = max(GRAMIAN_CHUNK_BYTES // (8 * rows), 1)
+            for start in range(0, a.shape[1], step):
+                a64 = a[:, start : start + step].double()
+                b64 = a64 if b is a else b[:, start : start + step].double()
+                out.addmm_(a64, b64.T)
+    return out
 
 
 def _multiply(tensors: list[Tensor], scales: list[float] | Tensor, in_place: bool) -> list[Tensor]:
@@ -110,15 +133,16 @@ class TaskJacobian:
         return self._reduced
 
     def gramian(self) -> Tensor:
-        """(T, T) float32 G = J J^T, identical on every rank (also under autocast)."""
+        """(T, T) float64 G = J J^T, identical on every rank (also under autocast).
+
+        J stays float32; its products are accumulated in float64 (:func:`float64_gramian`),
+        so that a small norm read from G (sqrt(w^T G w) near a Pareto-stationary point) or a
+        small eigenvalue keeps float32's precision instead of half of it.
+        """
         if self.gramian_value is not None:
             gramian = self.gramian_value
         else:
-            blocks = self.reduced_blocks()
-            with torch.autocast(blocks[0].device.type, enabled=False):
-                gramian = blocks[0] @ blocks[0].T
-                for block in blocks[1:]:
-                    gramian = gramian.addmm_(block, block.T)
+            gramian = float64_gramian(self.reduced_blocks())
         return all_reduce_sum(gramian) if self.reduction == "sum" else gramian
 
     def apply(self, weights: Tensor, value: Tensor) -> Tensor:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from lit_mtl.engines.context import StepContext
-from lit_mtl.engines.jacobian import Injection, TaskJacobian
+from lit_mtl.engines.jacobian import Injection, TaskJacobian, float64_gramian
 
 __all__ = ["RepresentationEngine", "gradients_of", "representation_gradients"]
 
@@ -204,15 +204,14 @@ class RepresentationEngine:
                     out[chunk.index(i)] = g.reshape(-1).float()
             return out / scale
 
-        gramian = losses[0].new_zeros((t, t), dtype=torch.float32)
-        with torch.autocast(losses[0].device.type, enabled=False):
-            for a, chunk_a in enumerate(chunks):
-                ja = rows(chunk_a)
-                sa = slice(chunk_a[0], chunk_a[-1] + 1)
-                gramian[sa, sa] = ja @ ja.T
-                for chunk_b in chunks[a + 1 :]:
-                    jb = rows(chunk_b)
-                    sb = slice(chunk_b[0], chunk_b[-1] + 1)
-                    gramian[sa, sb] = ja @ jb.T
-                    gramian[sb, sa] = gramian[sa, sb].T
+        gramian = losses[0].new_zeros((t, t), dtype=torch.float64)
+        for a, chunk_a in enumerate(chunks):
+            ja = rows(chunk_a)
+            sa = slice(chunk_a[0], chunk_a[-1] + 1)
+            gramian[sa, sa] = float64_gramian([ja])
+            for chunk_b in chunks[a + 1 :]:
+                jb = rows(chunk_b)
+                sb = slice(chunk_b[0], chunk_b[-1] + 1)
+                gramian[sa, sb] = float64_gramian([ja], [jb])
+                gramian[sb, sa] = gramian[sa, sb].T
         return gramian

@@ -14,18 +14,23 @@ from lit_mtl.functional.aggregation import (
     upgrad_coefficients,
 )
 from lit_mtl.functional.loss_weighting import (
+    KIND_UNCERTAINTY_FORM,
+    UNCERTAINTY_FORMS,
     db_mtl_ema,
     db_mtl_scales,
     dwa_weights,
     famo_logit_gradient,
     famo_weights,
     gradnorm_weight_gradient,
+    uncertainty_form_table,
     uncertainty_weighted_terms,
     uncertainty_weights,
 )
 from lit_mtl.functional.optim import adam_step
 
 __all__ = [
+    "KIND_UNCERTAINTY_FORM",
+    "UNCERTAINTY_FORMS",
     "adam_step",
     "aligned_mtl_coefficients",
     "cagrad_coefficients",
@@ -42,6 +47,7 @@ __all__ = [
     "nash_mtl_coefficients",
     "pcgrad_coefficients",
     "project_to_simplex",
+    "uncertainty_form_table",
     "uncertainty_weighted_terms",
     "uncertainty_weights",
     "upgrad_coefficients",

@@ -5,7 +5,17 @@ Every aggregator here returns coefficients ``c`` (T,) such that the update direc
 the Gramian ``G_ij = g_i . g_j`` (never the gradients themselves), and all are invariant to a
 uniform scaling of G except where stated, which makes them safe under fp16 loss scaling.
 
-The solvers run in float64 on the CPU (T x T problems are tiny).
+The solvers run in float64 on the CPU (T x T problems are tiny). The engines form G in float64
+from the float32 gradients (:meth:`~lit_mtl.engines.TaskJacobian.gramian`): a Gramian formed in
+float32 carries an absolute error of about eps32 * ||g||^2, so a small norm read from it
+(sqrt(w^T G w) near a Pareto-stationary point) keeps only half the digits, and a round-off
+eigenvalue of a rank-deficient G looks like a real one.
+
+A task with a zero gradient (its Gramian row exactly zero, or its squared norm below
+``ZERO_GRADIENT_RTOL`` times the largest) has no say in the shared direction; what it gets is
+stated in each rule's docstring: where the paper's formula is undefined for it (Nash-MTL, IMTL-G,
+Aligned-MTL) the rule runs on the other tasks and the zero-gradient task gets a neutral
+coefficient, so that its own head still trains on its loss.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ZERO_GRADIENT_RTOL",
     "aligned_mtl_coefficients",
     "cagrad_coefficients",
     "cagrad_solve",
@@ -35,6 +46,22 @@ def _as_numpy(gramian: Tensor | np.ndarray) -> np.ndarray:
     if g.ndim != 2 or g.shape[0] != g.shape[1]:
         raise ValueError(f"the Gramian must be a square T x T matrix, got shape {g.shape}")
     return 0.5 * (g + g.T)
+
+
+#: a task whose squared gradient norm is at most this fraction of the largest counts as zero
+ZERO_GRADIENT_RTOL = 1e-20
+
+#: the precision of the task gradients (float32): below it, a Gramian's eigenvalues are round-off
+GRADIENT_EPS = float(np.finfo(np.float32).eps)
+
+
+def _nonzero_tasks(g: np.ndarray) -> np.ndarray:
+    """Indices of the tasks whose gradient is not zero (see ``ZERO_GRADIENT_RTOL``)."""
+    diag = np.diag(g)
+    largest = float(np.max(diag)) if diag.size else 0.0
+    if largest <= 0.0:
+        return np.zeros(0, dtype=int)
+    return np.flatnonzero(diag > ZERO_GRADIENT_RTOL * largest)
 
 
 def project_to_simplex(v: np.ndarray) -> np.ndarray:
@@ -58,7 +85,7 @@ def _solve_kkt(kkt: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(kkt, rhs, rcond=None)[0]
 
 
-def min_norm_coefficients(gramian: Tensor | np.ndarray, tol: float = 1e-10) -> np.ndarray:
+def min_norm_coefficients(gramian: Tensor | np.ndarray, tol: float = 1e-12) -> np.ndarray:
     """Min-norm point of the convex hull of the g_i: argmin_{a in simplex} a^T G a.
 
     Wolfe's exact min-norm-point algorithm expressed on the Gramian (finite, no step size).
@@ -88,7 +115,7 @@ def min_norm_coefficients(gramian: Tensor | np.ndarray, tol: float = 1e-10) -> n
         gl = g @ lam
         xx = float(lam @ gl)
         j = int(np.argmin(gl))
-        if xx - gl[j] <= tol or j in active:
+        if xx - gl[j] <= tol * xx or j in active:  # relative: norms may span many orders
             break
         active.append(j)
         while True:
@@ -209,8 +236,19 @@ def imtl_g_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:
     """IMTL-G (Liu et al. 2021): the d = sum a_i g_i, sum a_i = 1, with equal projections
     d . u_i on every unit gradient u_i = g_i / ||g_i||.
 
-    a_{2:T} = g_1 U^T (D U^T)^{-1}, a_1 = 1 - sum a_{2:T}, with rows D_j = g_1 - g_j and
-    U_j = u_1 - u_j; every product is read from the Gramian.
+    The paper writes a_{2:T} = g_1 U^T (D U^T)^{-1}, a_1 = 1 - sum a_{2:T} (rows D_j = g_1 - g_j,
+    U_j = u_1 - u_j). On the Gramian the same solution reads: U J^T a = lambda 1, i.e.
+    G a = lambda n with n_i = ||g_i||, so a = G^{-1} n / (1^T G^{-1} n). This form is solved here
+    (equal to the paper's whenever G is invertible), with two edge cases the paper leaves open:
+
+    - a zero gradient has no unit vector (the paper's system then has the trivial solution
+      d = 0): the rule runs on the other tasks (their coefficients sum to 1, equal projections),
+      and each zero-gradient task gets the mean of their coefficients (it moves only its head);
+      all zero: 1/T each;
+    - linearly dependent gradients make G singular: b = C^+ 1 (pseudo-inverse, eigenvalues below
+      T * eps32 * the largest dropped), which is the exact solution when one exists (e.g. a
+      duplicated task: both copies get equal coefficients) and the least-squares one otherwise,
+      never the trivial d = 0.
 
     >>> import numpy as np
     >>> imtl_g_coefficients(np.diag([1.0, 4.0])).round(6).tolist()  # g1 = (1, 0), g2 = (0, 2)
@@ -220,14 +258,22 @@ def imtl_g_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:
     t = g.shape[0]
     if t == 1:
         return np.ones(1)
-    norms = np.sqrt(np.maximum(np.diag(g), 1e-300))
-    gu = g / norms[None, :]  # gu[i, j] = g_i . u_j
-    # g_1 U^T: g_1 . (u_1 - u_j)
-    row = gu[0, 0] - gu[0, 1:]
-    # (D U^T)_{ij} = (g_1 - g_i) . (u_1 - u_j)
-    du = gu[0, 0] - gu[0, 1:][None, :] - gu[1:, 0][:, None] + gu[1:, 1:]
-    rest = np.linalg.lstsq(du.T, row, rcond=None)[0]
-    return np.concatenate([[1.0 - rest.sum()], rest])
+    keep = _nonzero_tasks(g)
+    if len(keep) == 0:
+        return np.full(t, 1.0 / t)
+    sub = g[np.ix_(keep, keep)]
+    norms = np.sqrt(np.diag(sub))
+    cosines = sub / np.outer(norms, norms)  # U U^T: the solve in unit-gradient coordinates
+    # d = U^T (n * a) and U d = lambda 1  =>  C b = lambda 1 with b = n * a (C = U U^T)
+    vals, vecs = np.linalg.eigh(cosines)
+    cut = float(vals.max()) * len(keep) * GRADIENT_EPS
+    inverse = np.where(vals > cut, 1.0 / np.where(vals > cut, vals, 1.0), 0.0)
+    a = (vecs @ (inverse * vecs.sum(axis=0))) / norms
+    total = float(a.sum())
+    a = a / total if abs(total) > 1e-300 else np.full(len(keep), 1.0 / len(keep))
+    out = np.full(t, float(a.mean()))
+    out[keep] = a
+    return out
 
 
 def nash_mtl_coefficients(
@@ -235,25 +281,55 @@ def nash_mtl_coefficients(
     init: np.ndarray | None = None,
     normalize: bool = True,
     iters: int = 100,
-    tol: float = 1e-10,
+    tol: float = 1e-18,
     ridge: float = 1e-8,
 ) -> np.ndarray:
     """Nash-MTL (Navon et al. 2022): alpha > 0 with G alpha = 1 / alpha (elementwise).
 
     It is the unique minimiser of the strictly convex f(a) = a^T G a / 2 - sum_i log a_i, found by
-    damped Newton steps that keep a > 0. ``normalize=True`` (the authors' code) solves with
-    G / ||G||_F, which makes alpha invariant to the scale of G; with ``normalize=False``,
-    orthogonal gradients give alpha_i = 1 / ||g_i||. With linearly dependent, conflicting
-    gradients the system has no solution (f is unbounded below); a ridge of
-    ``ridge * mean(diag G)`` on the diagonal keeps the problem well posed.
+    damped Newton steps that keep a > 0. The update d = J^T alpha then has g_i . d = 1 / alpha_i
+    and ||d|| = sqrt(T) at any gradient scale; orthogonal gradients give alpha_i = 1 / ||g_i||.
+
+    ``normalize=True`` (the authors' code) solves with G_n = G / ||G||_F for conditioning and, as
+    the authors' constraint ``-log(alpha_i * ||G||_F) - log((G_n alpha)_i) <= 0`` does, returns
+    the solution for G itself: alpha = alpha_n / sqrt(||G||_F). Both settings give the paper's
+    alpha (to round-off). Edge cases:
+
+    - a zero task gradient: no alpha satisfies alpha_i (G alpha)_i = 1; that task gets
+      coefficient 1 (the authors' initial alpha: it moves only its own head, at its plain loss)
+      and the others are solved among themselves; all zero: 1 each;
+    - duplicated or dependent, non-conflicting gradients: solved exactly (G singular is fine);
+    - linearly dependent, conflicting gradients (0 in their convex hull): the system has no
+      solution (f is unbounded below, Newton does not converge); a ridge of
+      ``ridge * mean(diag G)`` on the diagonal then keeps the problem well posed, and the
+      coefficients are large.
     """
     g = _as_numpy(gramian)
     t = g.shape[0]
-    if normalize:
-        g = g / max(float(np.linalg.norm(g)), 1e-300)
-    g = g + ridge * max(float(np.mean(np.diag(g))), 1e-300) * np.eye(t)
-    a = np.ones(t) / np.sqrt(max(float(np.mean(np.diag(g))), 1e-300)) if init is None else init
-    a = np.maximum(np.asarray(a, dtype=np.float64), 1e-12)
+    keep = _nonzero_tasks(g)
+    if len(keep) < t:
+        out = np.ones(t)
+        if len(keep):
+            sub_init = None if init is None else np.asarray(init, dtype=np.float64)[keep]
+            out[keep] = nash_mtl_coefficients(
+                g[np.ix_(keep, keep)], sub_init, normalize, iters, tol, ridge
+            )
+        return out
+    factor = max(float(np.linalg.norm(g)), 1e-300) if normalize else 1.0
+    g = g / factor
+    if init is None:  # the solution for orthogonal gradients: 1 / ||g_i||
+        start = 1.0 / np.sqrt(np.diag(g))
+    else:  # a previous alpha for G: in the units of G / factor
+        start = np.asarray(init, dtype=np.float64) * np.sqrt(factor)
+    a, converged = _nash_newton(g, np.maximum(start, 1e-300), iters, tol)
+    if not converged:  # no solution (dependent, conflicting gradients): a ridge bounds f
+        ridged = g + ridge * float(np.mean(np.diag(g))) * np.eye(t)
+        a, _ = _nash_newton(ridged, np.maximum(start, 1e-300), iters, tol)
+    return a / np.sqrt(factor)
+
+
+def _nash_newton(g: np.ndarray, a: np.ndarray, iters: int, tol: float) -> tuple[np.ndarray, bool]:
+    """Damped Newton on f(a) = a^T G a / 2 - sum log a (a > 0); (a, whether it converged)."""
 
     def f(x: np.ndarray) -> float:
         return float(0.5 * x @ g @ x - np.sum(np.log(x)))
@@ -261,18 +337,24 @@ def nash_mtl_coefficients(
     for _ in range(iters):
         grad = g @ a - 1.0 / a
         hess = g + np.diag(1.0 / a**2)
-        step = np.linalg.solve(hess, grad)
-        if float(grad @ step) < tol:
-            break
+        try:
+            step = np.linalg.solve(hess, grad)
+        except np.linalg.LinAlgError:
+            return a, False
+        decrement = float(grad @ step)
+        if not np.isfinite(decrement):
+            return a, False
+        if decrement < tol:
+            return a, True
         s = 1.0
-        neg = step > 0
-        if np.any(neg):
-            s = min(1.0, 0.99 * float(np.min(a[neg] / step[neg])))
+        up = step > 0
+        if np.any(up):
+            s = min(1.0, 0.99 * float(np.min(a[up] / step[up])))
         fa = f(a)
-        while f(a - s * step) > fa - 1e-4 * s * float(grad @ step) and s > 1e-12:
+        while f(a - s * step) > fa - 1e-4 * s * decrement and s > 1e-12:
             s *= 0.5
         a = a - s * step
-    return a
+    return a, False
 
 
 def aligned_mtl_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:
@@ -281,16 +363,28 @@ def aligned_mtl_coefficients(gramian: Tensor | np.ndarray) -> np.ndarray:
     Eigen-decompose G = V diag(l) V^T (rank r), B = sqrt(l_min) V diag(1 / sqrt(l)) V^T, which
     aligns the gradient system to condition number 1; the update is the sum of the balanced
     gradients, i.e. coefficients c = B 1.
+
+    The rank is the authors' (``tol = max(l) * T * eps`` with float32's eps, the precision of
+    the gradients): an eigenvalue below it is round-off, and keeping it as l_min would shrink
+    the update to nothing (linearly dependent task gradients). A zero task gradient lies in G's
+    null space, so B gives it 0: it gets the mean coefficient of the others instead (it moves
+    only its head); all zero: 0 each (no direction).
     """
     g = _as_numpy(gramian)
+    t = g.shape[0]
     vals, vecs = np.linalg.eigh(g)
-    tol = float(np.max(vals)) * g.shape[0] * np.finfo(np.float64).eps
+    if float(np.max(vals)) <= 0.0:
+        return np.zeros(t)
+    tol = float(np.max(vals)) * t * GRADIENT_EPS
     keep = vals > tol
-    if not np.any(keep):
-        return np.zeros(g.shape[0])
     vals, vecs = vals[keep], vecs[:, keep]
     b = np.sqrt(vals.min()) * (vecs / np.sqrt(vals)[None, :]) @ vecs.T
-    return b.sum(axis=1)
+    coef = b.sum(axis=1)
+    present = _nonzero_tasks(g)
+    if len(present) < t:
+        zero = np.setdiff1d(np.arange(t), present)
+        coef[zero] = float(coef[present].mean())
+    return coef
 
 
 def dual_cone_projection_weights(

@@ -21,6 +21,8 @@ from torch import Tensor
 Array = Any
 
 __all__ = [
+    "KIND_UNCERTAINTY_FORM",
+    "UNCERTAINTY_FORMS",
     "array_namespace",
     "db_mtl_ema",
     "db_mtl_scales",
@@ -28,6 +30,7 @@ __all__ = [
     "famo_logit_gradient",
     "famo_weights",
     "gradnorm_weight_gradient",
+    "uncertainty_form_table",
     "uncertainty_weighted_terms",
     "uncertainty_weights",
 ]
@@ -61,18 +64,78 @@ def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -
     return previous.numel() * torch.softmax(ratio / temperature, dim=0)
 
 
-def uncertainty_weights(log_vars: Tensor, is_regression: Tensor) -> Tensor:
-    """Kendall et al. 2018: effective weights 0.5 exp(-s_i) (regression), exp(-s_i) (other)."""
-    return torch.where(is_regression, 0.5, 1.0) * torch.exp(-log_vars)
+#: Kendall et al.'s per-task term ``a exp(-b s) L + c s`` (s = log sigma^2) by the likelihood
+#: the task loss is the negative log of, as (a, b, c); stationary point exp(b s*) = a b L / c
+UNCERTAINTY_FORMS: dict[str, tuple[float, float, float]] = {
+    # Gaussian, L = MSE: -log N(y; f, sigma^2) = L / (2 sigma^2) + log sigma; sigma^2* = L
+    "gaussian": (0.5, 1.0, 0.5),
+    # Laplace, L = mean |y - f|, scale b = sigma: L / b + log b; b* = L (the paper's L1 tasks)
+    "laplace": (1.0, 0.5, 0.5),
+    # softmax with temperature sigma^2 (the paper's Eq. 10 approximation); sigma^2* = 2 L
+    "classification": (1.0, 1.0, 0.5),
+    # von Mises-Fisher on the sphere, L = mean (1 - cos), concentration kappa = 1 / sigma^2:
+    # -log vMF = kappa L - log kappa + const for large kappa; kappa* = 1 / L
+    "von_mises_fisher": (1.0, 1.0, 1.0),
+}
+
+#: the form each task kind takes: the likelihood its loss is the negative log of
+KIND_UNCERTAINTY_FORM: dict[str, str] = {
+    "regression": "gaussian",  # MSE
+    "dense_regression": "gaussian",  # per-pixel MSE
+    "depth": "laplace",  # L1 over valid pixels
+    "normals": "von_mises_fisher",  # 1 - cosine
+    "binary": "classification",
+    "multiclass": "classification",
+    "multilabel": "classification",
+    "segmentation": "classification",  # pixel cross-entropy
+}
 
 
-def uncertainty_weighted_terms(losses: Tensor, log_vars: Tensor, is_regression: Tensor) -> Tensor:
-    """Per-task terms of Kendall et al.'s objective, with s_i = log sigma_i^2.
+def uncertainty_form_table(forms: list[str] | tuple[str, ...]) -> Tensor:
+    """(T, 3) float32 rows (a, b, c) of :data:`UNCERTAINTY_FORMS` for the named forms."""
+    unknown = [f for f in forms if f not in UNCERTAINTY_FORMS]
+    if unknown:
+        raise ValueError(
+            f"unknown uncertainty form(s) {unknown}; the forms are {sorted(UNCERTAINTY_FORMS)}"
+        )
+    return torch.tensor([UNCERTAINTY_FORMS[f] for f in forms], dtype=torch.float32)
 
-    regression:      0.5 * exp(-s_i) * L_i + 0.5 * s_i
-    classification:        exp(-s_i) * L_i + 0.5 * s_i
+
+def _form_rows(form: Tensor) -> Tensor:
+    """(T, 3) rows from a (T, 3) table, or from a (T,) bool ``is_regression`` (True: gaussian,
+    False: classification)."""
+    if form.dtype == torch.bool:
+        gaussian = torch.tensor(UNCERTAINTY_FORMS["gaussian"], device=form.device)
+        classification = torch.tensor(UNCERTAINTY_FORMS["classification"], device=form.device)
+        return torch.where(form[:, None], gaussian, classification)
+    return form
+
+
+def uncertainty_weights(log_vars: Tensor, form: Tensor) -> Tensor:
+    """Kendall et al. 2018: the effective weight a_i exp(-b_i s_i) of each task loss.
+
+    ``form``: the (T, 3) rows of :func:`uncertainty_form_table`, or a (T,) bool ``is_regression``
+    (True: Gaussian 0.5 exp(-s); False: classification exp(-s)).
+
+    >>> forms = uncertainty_form_table(["gaussian", "laplace"])
+    >>> uncertainty_weights(torch.zeros(2), forms).tolist()
+    [0.5, 1.0]
     """
-    return uncertainty_weights(log_vars, is_regression) * losses + 0.5 * log_vars
+    rows = _form_rows(form).to(log_vars.dtype)
+    return rows[:, 0] * torch.exp(-rows[:, 1] * log_vars)
+
+
+def uncertainty_weighted_terms(losses: Tensor, log_vars: Tensor, form: Tensor) -> Tensor:
+    """Per-task terms of Kendall et al.'s objective, with s_i = log sigma_i^2:
+    ``a_i exp(-b_i s_i) L_i + c_i s_i`` (:data:`UNCERTAINTY_FORMS`):
+
+    gaussian:         0.5 * exp(-s_i) * L_i + 0.5 * s_i
+    laplace:          exp(-s_i / 2) * L_i + 0.5 * s_i
+    classification:   exp(-s_i) * L_i + 0.5 * s_i
+    von_mises_fisher: exp(-s_i) * L_i + s_i
+    """
+    rows = _form_rows(form).to(log_vars.dtype)
+    return uncertainty_weights(log_vars, rows) * losses + rows[:, 2] * log_vars
 
 
 def gradnorm_weight_gradient(

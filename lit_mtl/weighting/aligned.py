@@ -20,7 +20,10 @@ class AlignedMTL(GramianWeighting):
     Args:
         target: ``"shared"`` (Aligned-MTL) or ``"representation"`` (Aligned-MTL-UB).
 
-    Scale-invariant (B depends on ratios of eigenvalues only).
+    Scale-invariant (B depends on ratios of eigenvalues only). Dependent task gradients: the
+    rank is cut at the authors' tolerance (T * float32 eps * the largest eigenvalue), so a
+    round-off eigenvalue never becomes l_min. A zero task gradient gets the others' mean
+    coefficient (it trains only its head).
     """
 
     default_target = "shared"

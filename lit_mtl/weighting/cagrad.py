@@ -24,7 +24,11 @@ class CAGrad(GramianWeighting):
             0 none.
         target: ``"shared"`` (the paper) or ``"representation"``.
 
-    Scale-invariant; the inner problem is solved by projected gradient descent on the simplex,
+    ||d - g0|| <= c ||g0|| (rescale=0) holds on the training path because the Gramian is formed
+    in float64 (from a float32 Gramian, ||g_w|| near a Pareto-stationary point is round-off).
+    A zero task gradient counts in g0 like any other (it pulls the mean towards 0, as in the
+    paper); dependent gradients need no special case. Scale-invariant; the inner problem is
+    solved by projected gradient descent on the simplex,
     warm-started from the previous step's w (kept in a buffer, so a resumed run continues
     identically).
     """

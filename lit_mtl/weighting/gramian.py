@@ -6,7 +6,7 @@ One step:
    ``"representation"`` (z of any shape, or per-task z_i: the "UB" variants, cheapest),
    ``"shared"`` (all trainable encoder parameters), ``"last_shared_layer"`` or an encoder
    module/parameter name;
-2. ``G = J J^T``, made identical on every DDP rank by the engine;
+2. ``G = J J^T`` (float32 J, products accumulated in float64), identical on every DDP rank;
 3. the method's rule maps G (and the losses) to task coefficients c (:mod:`lit_mtl.functional`);
 4. the engine applies ``sum_i c_i g_i``: the returned scalar's backward is that of sum_i c_i L_i.
 

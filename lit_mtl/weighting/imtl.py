@@ -21,7 +21,10 @@ class IMTLG(GramianWeighting):
         target: ``"representation"`` (the paper computes the gradients w.r.t. the shared feature z)
             or ``"shared"``.
 
-    Scale-invariant.
+    Scale-invariant. A zero task gradient (no unit vector) is left out of the equations and gets
+    the others' mean coefficient (it trains only its head); dependent gradients are solved by
+    the pseudo-inverse (exact when a solution exists, least squares otherwise), never the trivial
+    d = 0 (:func:`~lit_mtl.functional.imtl_g_coefficients`).
     """
 
     default_target = "representation"

@@ -29,7 +29,10 @@ class MGDA(GramianWeighting):
             (n_i = L_i), ``"loss+"`` (n_i = L_i ||g_i||). As in their code the solution is then
             applied to the unnormalised losses.
 
-    Scale-invariant; DDP and cost as in :class:`~lit_mtl.weighting.gramian.GramianWeighting`.
+    A zero task gradient puts 0 in the convex hull: the min-norm point is 0 (the point is
+    Pareto-stationary, as the paper defines it), the zero task gets coefficient 1 and the others
+    0. Duplicated or dependent gradients need no special case. Scale-invariant; DDP and cost as
+    in :class:`~lit_mtl.weighting.gramian.GramianWeighting`.
     """
 
     default_target = "shared"

@@ -22,12 +22,18 @@ class NashMTL(GramianWeighting):
 
     Args:
         target: ``"shared"`` (the paper) or ``"representation"``.
-        normalize_gramian: solve with G / ||G||_F, as the authors' code does (scale-invariant);
-            False gives the paper's formula (orthogonal gradients: alpha_i = 1 / ||g_i||).
+        normalize_gramian: solve with G / ||G||_F for conditioning and scale the solution back,
+            as the authors' code does (its constraint keeps the factor); either way alpha is the
+            paper's: alpha_i (G alpha)_i = 1, ||d|| = sqrt(T) at any gradient scale
+            (orthogonal gradients: alpha_i = 1 / ||g_i||).
         update_weights_every: recompute alpha every k optimizer steps (authors' option; 1 =
             every step); in between the previous alpha is reused and no gradient is computed.
 
     The paper clips the update norm at 1: use Lightning's ``gradient_clip_val=1.0``.
+    A task with a zero gradient gets coefficient 1 (the authors' initial alpha; it trains only its
+    head) and the others bargain among themselves; dependent conflicting gradients (0 in their
+    convex hull) have no Nash solution: a small ridge keeps the solve finite
+    (:func:`~lit_mtl.functional.nash_mtl_coefficients`).
     State: the last alpha and the step counter (checkpointed).
     """
 

@@ -23,7 +23,8 @@ class PCGrad(GramianWeighting):
         seed: the random orders are a pure function of (seed, optimizer step), so every DDP rank
             draws the same orders and a resumed run draws the ones the uninterrupted run would.
 
-    Scale-invariant. State: the step counter (checkpointed).
+    A zero task gradient projects nothing and keeps coefficient 1; duplicated gradients never
+    conflict with each other. Scale-invariant. State: the step counter (checkpointed).
     """
 
     default_target = "shared"

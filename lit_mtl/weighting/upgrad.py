@@ -26,7 +26,10 @@ class UPGrad(GramianWeighting):
         norm_eps, reg_eps: as the authors' code: G is divided by its trace, ``reg_eps`` added to
             its diagonal.
 
-    Scale-invariant (the trace normalisation); DDP and cost as every Gramian method.
+    A zero task gradient is projected like any other (it keeps its own coefficient p_i for its
+    head and constrains nothing); duplicated or dependent gradients need no special case (the
+    ridge ``reg_eps`` keeps the QPs positive definite). Scale-invariant (the trace
+    normalisation); DDP and cost as every Gramian method.
     """
 
     default_target = "shared"
