@@ -10,7 +10,7 @@ combined direction. The per-step input of all of them is the :class:`StepContext
 """
 
 from lit_mtl.engines.context import StepContext, loss_scale_of, stack_losses, step_context
-from lit_mtl.engines.jacobian import TaskJacobian
+from lit_mtl.engines.jacobian import TaskJacobian, float64_gramian
 from lit_mtl.engines.layer_norms import LayerNormEngine
 from lit_mtl.engines.parameters import ParameterEngine, resolve_shared_target
 from lit_mtl.engines.representation import RepresentationEngine
@@ -22,6 +22,7 @@ __all__ = [
     "RepresentationEngine",
     "StepContext",
     "TaskJacobian",
+    "float64_gramian",
     "loss_scale_of",
     "resolve_shared_target",
     "stack_losses",

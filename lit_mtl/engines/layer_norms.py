@@ -265,6 +265,6 @@ class LayerNormEngine:
             self.last_path, self.last_chain = "single backward", record.chain
             return record, value
         jacobian: TaskJacobian = self.gradients.jacobian(ctx, present.tolist(), owner)
-        squared = jacobian.gramian().diagonal().float()
+        squared = jacobian.gramian().diagonal().clone()
         self.last_path, self.last_chain = "two pass", None
         return PendingNorms(squared), jacobian.apply(weights, value)

@@ -5,11 +5,12 @@ Every aggregator here returns coefficients ``c`` (T,) such that the update direc
 the Gramian ``G_ij = g_i . g_j`` (never the gradients themselves), and all are invariant to a
 uniform scaling of G except where stated, which makes them safe under fp16 loss scaling.
 
-The solvers run in float64 on the CPU (T x T problems are tiny). The engines form G in float64
-from the float32 gradients (:meth:`~lit_mtl.engines.TaskJacobian.gramian`): a Gramian formed in
-float32 carries an absolute error of about eps32 * ||g||^2, so a small norm read from it
-(sqrt(w^T G w) near a Pareto-stationary point) keeps only half the digits, and a round-off
-eigenvalue of a rank-deficient G looks like a real one.
+The solvers run in float64 on the CPU (T x T problems are tiny). A Gramian formed from float32
+gradients with float32 products (the training path of most methods, and the authors' codes)
+carries an absolute error of about eps32 * ||g||^2: a rank decision is made at float32's
+precision (Aligned-MTL, IMTL-G), and a small norm read from G (CAGrad's sqrt(w^T G w) near a
+Pareto-stationary point) needs G accumulated in float64
+(:meth:`~lit_mtl.engines.TaskJacobian.gramian`).
 
 A task with a zero gradient (its Gramian row exactly zero, or its squared norm below
 ``ZERO_GRADIENT_RTOL`` times the largest) has no say in the shared direction; what it gets is

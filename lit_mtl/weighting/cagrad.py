@@ -34,6 +34,7 @@ class CAGrad(GramianWeighting):
     """
 
     default_target = "shared"
+    gramian_dtype = torch.float64  # ||g_w|| near a Pareto-stationary point: see above
 
     def __init__(
         self,

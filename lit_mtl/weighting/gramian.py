@@ -6,7 +6,7 @@ One step:
    ``"representation"`` (z of any shape, or per-task z_i: the "UB" variants, cheapest),
    ``"shared"`` (all trainable encoder parameters), ``"last_shared_layer"`` or an encoder
    module/parameter name;
-2. ``G = J J^T`` (float32 J, products accumulated in float64), identical on every DDP rank;
+2. ``G = J J^T`` (in the method's ``gramian_dtype``), identical on every DDP rank;
 3. the method's rule maps G (and the losses) to task coefficients c (:mod:`lit_mtl.functional`);
 4. the engine applies ``sum_i c_i g_i``: the returned scalar's backward is that of sum_i c_i L_i.
 
@@ -71,6 +71,11 @@ class GramianWeighting(Weighting):
     uses_task_representations = True
     #: the target the method's paper uses
     default_target: ClassVar[str] = "representation"
+    #: the precision G is formed in (:meth:`~lit_mtl.engines.TaskJacobian.gramian`): float32
+    #: products, as the authors' codes, for the rules whose answer keeps float32's precision
+    #: from them; float64 for a rule that reads a small quantity from G (CAGrad's ||g_w||).
+    #: Measured cost: ``benchmarks/gramian_precision.py``.
+    gramian_dtype: ClassVar[torch.dtype] = torch.float32
 
     def __init__(
         self, num_tasks: int | None = None, target: str | None = None, chunk_size: int | None = None
@@ -95,7 +100,7 @@ class GramianWeighting(Weighting):
         mean_losses, present_all = ctx.rank_mean_losses
         flags = (present_all & ctx.present).tolist()
         jacobian = self.engine.jacobian(ctx, flags, owner=type(self).__name__)
-        gramian = jacobian.gramian()
+        gramian = jacobian.gramian(self.gramian_dtype)
         self.last_gramian = gramian.detach()  # the step's T x T Gramian (diagnostics read it)
         weights = self._solve(gramian, mean_losses, present_all)
         value = self._weighted_sum(weights, ctx.stacked, present_all)

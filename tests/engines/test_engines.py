@@ -58,7 +58,7 @@ def test_feature_map_representation_gramian_and_applied_direction(with_heads: bo
     )
     jacobian = RepresentationEngine().jacobian(ctx, [True] * 3)
     rows = _manual_rows(losses, [z])
-    exact = rows.double() @ rows.double().T
+    exact = rows @ rows.T
     torch.testing.assert_close(jacobian.gramian(), exact, rtol=1e-5, atol=1e-7)
     _assert_applies_sum_of_weighted_losses(model, jacobian, torch.tensor([0.2, 1.5, 0.7]), losses)
 
@@ -84,7 +84,7 @@ def test_per_task_representations_gramian_and_applied_direction() -> None:
     assert ctx.per_task_representations
     jacobian = RepresentationEngine().jacobian(ctx, [True, True])
     rows = _manual_rows(losses, zs)  # row i: dL_i/dz_i
-    exact = rows.double() @ rows.double().T
+    exact = rows @ rows.T
     torch.testing.assert_close(jacobian.gramian(), exact, rtol=1e-5, atol=1e-7)
     _assert_applies_sum_of_weighted_losses(model, jacobian, torch.tensor([0.3, 2.0]), losses)
 
@@ -100,7 +100,7 @@ def test_parameter_engine_with_per_task_representations() -> None:
             for loss in losses
         ]
     )
-    exact = rows.double() @ rows.double().T
+    exact = rows @ rows.T
     torch.testing.assert_close(jacobian.gramian(), exact, rtol=1e-5, atol=1e-7)
 
 
@@ -154,4 +154,4 @@ def test_one_tensor_given_as_every_tasks_representation() -> None:
     rows = _manual_rows(losses, [z])
     for engine in (RepresentationEngine(), RepresentationEngine(chunk_size=2)):
         gramian = engine.jacobian(ctx, [True] * 3).gramian()
-        torch.testing.assert_close(gramian, rows.double() @ rows.double().T, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(gramian, rows @ rows.T, rtol=1e-5, atol=1e-7)

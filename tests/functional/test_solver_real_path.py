@@ -1,5 +1,6 @@
 """The Gramian solvers on the path training takes: a float32 (or bf16) Jacobian, its Gramian
-formed by the engines (:meth:`TaskJacobian.gramian`), handed to the rule as float64.
+formed by the engines (:meth:`TaskJacobian.gramian`, in the method's ``gramian_dtype``), handed to
+the rule as float64.
 
 Each case is a seeded Jacobian of a kind that breaks solvers (rank-deficient, a zero row, a
 duplicated task, norms over six orders of magnitude, T > P, a Pareto-stationary set). For every
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from lit_mtl import weighting
 from lit_mtl.engines import TaskJacobian
 from lit_mtl.functional import (
     aligned_mtl_coefficients,
@@ -81,9 +83,23 @@ CASES += ["t_above_p"]
 ILL_POSED = {("nash_mtl", "t_above_p")}
 
 
-def _path_gramian(j: torch.Tensor) -> np.ndarray:
-    """The Gramian as training forms it: a float32 J through the engine's TaskJacobian."""
-    return TaskJacobian([j.float()], "mean").gramian().numpy()
+#: the method each rule belongs to (its Gramian precision)
+METHOD_OF = {
+    "mgda": weighting.MGDA,
+    "pcgrad": weighting.PCGrad,
+    "cagrad": weighting.CAGrad,
+    "imtl_g": weighting.IMTLG,
+    "nash_mtl": weighting.NashMTL,
+    "aligned_mtl": weighting.AlignedMTL,
+    "upgrad": weighting.UPGrad,
+}
+
+
+def _path_gramian(j: torch.Tensor, name: str = "mgda") -> np.ndarray:
+    """The Gramian as training forms it for method ``name``: a float32 J through the engine's
+    TaskJacobian, in the method's precision."""
+    dtype = METHOD_OF[name].gramian_dtype
+    return TaskJacobian([j.float()], "mean").gramian(dtype).double().numpy()
 
 
 def _exact_gramian(j: torch.Tensor) -> np.ndarray:
@@ -99,17 +115,22 @@ def _direction(j: torch.Tensor, c: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", sorted(RULES))
 def test_the_real_path_gives_the_float64_answer(name: str, case: str, dtype: torch.dtype) -> None:
-    """||d_path - d_exact|| <= 1e-4 ||d_exact|| + 1e-6 max ||g_i|| (float32 and bf16 J: the exact
-    answer is the rule on the float64 Gramian of the same, rounded, Jacobian)."""
+    """||d_path - d_exact|| <= r ||d_exact|| + 1e-6 max ||g_i|| with r = max(1e-4, T eps32 kappa),
+    kappa the condition number of G on its range (float32 and bf16 J: the exact answer is the
+    rule on the float64 Gramian of the same, rounded, Jacobian; a float32 Gramian is exact to
+    eps32 relative to its largest eigenvalue, so an ill-conditioned G loses kappa of it)."""
     if (name, case) in ILL_POSED:
         pytest.skip("no exact answer to compare with (see ILL_POSED)")
     rule = RULES[name]
     j = _jacobian(case, seed=0).to(dtype).float()
-    path = rule(_path_gramian(j))
+    path = rule(_path_gramian(j, name))
     exact = rule(_exact_gramian(j))
     assert path.shape == (j.shape[0],) and np.isfinite(path).all()
     d_path, d_exact = _direction(j, path), _direction(j, exact)
-    bound = 1e-4 * np.linalg.norm(d_exact) + 1e-6 * float(j.double().norm(dim=1).max())
+    eig = np.linalg.eigvalsh(_exact_gramian(j))
+    kept = eig[eig > eig.max() * len(eig) * np.finfo(np.float32).eps]
+    relative = max(1e-4, len(eig) * np.finfo(np.float32).eps * kept.max() / kept.min())
+    bound = relative * np.linalg.norm(d_exact) + 1e-6 * float(j.double().norm(dim=1).max())
     assert np.linalg.norm(d_path - d_exact) <= bound
 
 
@@ -125,7 +146,7 @@ def test_non_conflicting_methods_conflict_with_no_task_on_the_real_path(case: st
     norms = np.linalg.norm(g, axis=1)
     d = _direction(j, min_norm_coefficients(_path_gramian(j)))
     assert (g @ d >= -1e-6 * norms * norms.max()).all()
-    gramian = _path_gramian(j)
+    gramian = _path_gramian(j, "upgrad")
     trace = float(np.trace(gramian))
     c = upgrad_coefficients(gramian)
     assert ((gramian + 1e-4 * trace * np.eye(len(c))) @ c >= -1e-9 * trace).all()
@@ -142,11 +163,11 @@ def test_permutation_equivariance_on_the_real_path(name: str, case: str) -> None
     perm = np.random.default_rng(0).permutation(j.shape[0])
     if name == "pcgrad":  # its orders move with the tasks
         orders = np.tile(np.arange(j.shape[0]), (j.shape[0], 1))
-        reference = pcgrad_coefficients(_path_gramian(j), orders)
-        permuted = pcgrad_coefficients(_path_gramian(j[perm]), np.argsort(perm)[orders[perm]])
+        reference = pcgrad_coefficients(_path_gramian(j, name), orders)
+        permuted = pcgrad_coefficients(_path_gramian(j[perm], name), np.argsort(perm)[orders[perm]])
     else:
-        reference = RULES[name](_path_gramian(j))
-        permuted = RULES[name](_path_gramian(j[perm]))
+        reference = RULES[name](_path_gramian(j, name))
+        permuted = RULES[name](_path_gramian(j[perm], name))
     d, d_perm = _direction(j, reference), _direction(j[perm], permuted)
     assert np.linalg.norm(d_perm - d) <= 1e-4 * np.linalg.norm(d) + 1e-9
 
@@ -156,9 +177,9 @@ def test_scale_behaviour_on_the_real_path(name: str) -> None:
     """J scaled by 1e-3 and 1e3: the coefficients are unchanged (every method but Nash-MTL);
     Nash-MTL's scale as 1 / scale, so that d, with ||d|| = sqrt(T), is unchanged."""
     j = _jacobian("random", seed=3).float()
-    base = RULES[name](_path_gramian(j))
+    base = RULES[name](_path_gramian(j, name))
     for scale in (1e-3, 1e3):
-        scaled = RULES[name](_path_gramian(j * scale))
+        scaled = RULES[name](_path_gramian(j * scale, name))
         expected = base / scale if name == "nash_mtl" else base
         np.testing.assert_allclose(scaled, expected, rtol=1e-4, atol=1e-8 * np.abs(expected).max())
 
@@ -185,33 +206,33 @@ def test_mgda_finds_pareto_stationarity(seed: int) -> None:
 def test_cagrad_stays_in_its_trust_region(seed: int, c: float) -> None:
     """||d - g0|| <= c ||g0|| (rescale=0), to 1e-4, also near a Pareto-stationary point."""
     j = _pareto_stationary(seed).float()
-    d = _direction(j, cagrad_coefficients(_path_gramian(j), c=c, rescale=0))
+    d = _direction(j, cagrad_coefficients(_path_gramian(j, "cagrad"), c=c, rescale=0))
     g0 = j.double().numpy().mean(axis=0)
     assert np.linalg.norm(d - g0) <= c * np.linalg.norm(g0) * (1 + 1e-4)
 
 
 @pytest.mark.parametrize("case", ["random", "conflicting", "six_orders", "duplicated", "zero_row"])
 def test_nash_mtl_solves_the_bargaining_equations(case: str) -> None:
-    """alpha_i (G alpha)_i = 1 to 1e-6 (tasks with a gradient), so ||d|| = sqrt(T') for the T'
-    tasks with a non-zero gradient."""
+    """alpha_i (G alpha)_i = 1 to 1e-5 (float32 G; tasks with a gradient), so ||d|| = sqrt(T')
+    for the T' tasks with a non-zero gradient."""
     j = _jacobian(case, seed=4).float()
     g = _exact_gramian(j)
-    alpha = nash_mtl_coefficients(_path_gramian(j))
+    alpha = nash_mtl_coefficients(_path_gramian(j, "nash_mtl"))
     live = np.diag(g) > 0
-    np.testing.assert_allclose((alpha * (g @ alpha))[live], 1.0, rtol=1e-6)
-    assert np.sqrt(alpha @ g @ alpha) == pytest.approx(np.sqrt(live.sum()), rel=1e-6)
+    np.testing.assert_allclose((alpha * (g @ alpha))[live], 1.0, rtol=1e-5)
+    assert np.sqrt(alpha @ g @ alpha) == pytest.approx(np.sqrt(live.sum()), rel=1e-5)
 
 
 @pytest.mark.parametrize("case", ["random", "conflicting", "six_orders", "duplicated", "zero_row"])
 def test_imtl_g_gives_equal_projections(case: str) -> None:
-    """d . u_i equal (to 1e-6 relative) on every task with a gradient; coefficients sum to 1
-    over those tasks."""
+    """d . u_i equal (to 1e-5 relative, float32 G) on every task with a gradient; coefficients
+    sum to 1 over those tasks."""
     j = _jacobian(case, seed=5).float()
     g = j.double().numpy()
-    coef = imtl_g_coefficients(_path_gramian(j))
+    coef = imtl_g_coefficients(_path_gramian(j, "imtl_g"))
     live = np.linalg.norm(g, axis=1) > 0
     projections = (g[live] @ (g.T @ coef)) / np.linalg.norm(g[live], axis=1)
-    np.testing.assert_allclose(projections, projections.mean(), rtol=1e-6)
+    np.testing.assert_allclose(projections, projections.mean(), rtol=1e-5)
     assert coef[live].sum() == pytest.approx(1.0, abs=1e-9) and projections.mean() > 0
 
 
@@ -224,14 +245,14 @@ def test_aligned_mtl_does_not_collapse_on_dependent_gradients() -> None:
     torch.manual_seed(0)
     a, b = torch.randn(2, 50)
     j = torch.stack([a, b, a + b, a + 0.1 * torch.randn(50)])
-    d = _direction(j, aligned_mtl_coefficients(_path_gramian(j)))
+    d = _direction(j, aligned_mtl_coefficients(_path_gramian(j, "aligned_mtl")))
     assert np.linalg.norm(d) == pytest.approx(1.0017, abs=1e-3)
     off = 0
     for seed in range(200):
         gen = torch.Generator().manual_seed(seed)
         a, b, noise = torch.randn(3, 50, generator=gen)
         j = torch.stack([a, b, a + b, a + 0.1 * noise])
-        d_path = _direction(j, aligned_mtl_coefficients(_path_gramian(j)))
+        d_path = _direction(j, aligned_mtl_coefficients(_path_gramian(j, "aligned_mtl")))
         d_exact = _direction(j, aligned_mtl_coefficients(_exact_gramian(j)))
         off += np.linalg.norm(d_path - d_exact) > 0.1 * np.linalg.norm(d_exact)
     assert off == 0
@@ -241,7 +262,7 @@ def test_cagrad_trust_region_near_pareto_stationarity_on_the_engine_path() -> No
     """c = 2, rescale = 0 near a Pareto-stationary point: ||d - g0|| / (c ||g0||) <= 1 (it was
     1.086 from a float32 Gramian for this seed)."""
     j = _pareto_stationary(0).float()
-    d = _direction(j, cagrad_coefficients(_path_gramian(j), c=2.0, rescale=0))
+    d = _direction(j, cagrad_coefficients(_path_gramian(j, "cagrad"), c=2.0, rescale=0))
     g0 = j.double().numpy().mean(axis=0)
     assert np.linalg.norm(d - g0) / (2.0 * np.linalg.norm(g0)) <= 1.0 + 1e-6
 
@@ -254,7 +275,7 @@ def test_nash_mtl_update_size_is_the_papers_at_every_scale(normalize: bool) -> N
     j = torch.randn(3, 40)
     for scale in (1.0, 1e-2, 1e-4):
         js = j * scale
-        alpha = nash_mtl_coefficients(_path_gramian(js), normalize=normalize)
+        alpha = nash_mtl_coefficients(_path_gramian(js, "nash_mtl"), normalize=normalize)
         assert np.linalg.norm(_direction(js, alpha)) == pytest.approx(np.sqrt(3), rel=1e-6)
 
 
@@ -264,9 +285,11 @@ def test_nash_mtl_with_zero_task_gradients() -> None:
     np.testing.assert_array_equal(nash_mtl_coefficients(np.zeros((3, 3))), [1.0, 1.0, 1.0])
     j = torch.randn(3, 40, generator=torch.Generator().manual_seed(0))
     j[0] = 0.0
-    alpha = nash_mtl_coefficients(_path_gramian(j))
+    alpha = nash_mtl_coefficients(_path_gramian(j, "nash_mtl"))
     assert alpha[0] == 1.0
-    np.testing.assert_allclose(alpha[1:], nash_mtl_coefficients(_path_gramian(j[1:])), rtol=1e-9)
+    np.testing.assert_allclose(
+        alpha[1:], nash_mtl_coefficients(_path_gramian(j[1:], "nash_mtl")), rtol=1e-9
+    )
 
 
 def test_imtl_g_with_a_zero_task_gradient() -> None:
