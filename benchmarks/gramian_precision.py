@@ -120,13 +120,15 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[2, 10, 40])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000, 10_000_000])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gramian_precision.json"))
+    default_out = Path("benchmarks/results/gramian_precision.json")
+    parser.add_argument("--out", type=Path, default=default_out)
     args = parser.parse_args()
     torch.manual_seed(0)
     rows = cost(args.tasks, args.sizes, args.rounds)
     prec = precision()
     lines = [
-        "| T | P | float32 G (ms) | float64 G (ms) | float64 / float32 | step (ms) | float64 G / step |",
+        "| T | P | float32 G (ms) | float64 G (ms) | float64 / float32 | step (ms) "
+        "| float64 G / step |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
