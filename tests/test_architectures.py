@@ -178,7 +178,7 @@ def test_ddp_mmoe_and_ple_ranks_stay_identical(tmp_path) -> None:  # type: ignor
             plots=False,
         )
         trainer = fast_trainer(
-            max_epochs=2, devices=2, strategy="ddp_spawn", callbacks=[_SavePerRank(tmp_path)]
+            max_epochs=2, devices=2, strategy="ddp_fork", callbacks=[_SavePerRank(tmp_path)]
         )
         trainer.fit(module, dm)
         (s0, m0), (s1, m1) = (

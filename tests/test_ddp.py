@@ -1,4 +1,8 @@
-"""2-process DDP on CPU (gloo): ranks end with identical parameters and weighting state."""
+"""2-process DDP on CPU (gloo): ranks end with identical parameters and weighting state.
+
+Most fits fork the test process (``ddp_fork``: the ranks start in about a second instead of
+re-importing torch and Lightning); the spawn test and the EMA test keep ``ddp_spawn``, whose
+pickling of the module, the weighting and the callbacks is part of what they check."""
 
 from __future__ import annotations
 
@@ -62,7 +66,9 @@ def identical_ranks(directory: Path) -> dict:
     return rank0
 
 
-def _fit_ddp(tmp_path: Path, weighting: Weighting, precision: str) -> tuple[dict, dict, dict]:
+def _fit_ddp(
+    tmp_path: Path, weighting: Weighting, precision: str, strategy: str = "ddp_fork"
+) -> tuple[dict, dict, dict]:
     L.seed_everything(0)
     dm = small_data(num_train=256, batch_size=32, missing_fraction={"reg1": 0.3})
     module = MultiTaskModule(
@@ -75,7 +81,7 @@ def _fit_ddp(tmp_path: Path, weighting: Weighting, precision: str) -> tuple[dict
     trainer = fast_trainer(
         max_epochs=3,
         devices=2,
-        strategy="ddp_spawn",
+        strategy=strategy,
         precision=precision,
         callbacks=[SaveStatePerRank(tmp_path)],
     )
@@ -94,6 +100,16 @@ def test_ddp_ranks_stay_identical(tmp_path: Path, family: str) -> None:
     for key in rank0:
         assert torch.equal(rank0[key], rank1[key]), key
     assert not torch.equal(rank0[moving], before[moving])  # the state did change
+
+
+@pytest.mark.slow
+def test_ddp_spawn_sends_a_gramian_weighting_to_the_ranks(tmp_path: Path) -> None:
+    """Under ``ddp_spawn`` the module and its weighting are pickled to each rank (per-step
+    transients dropped): the solver state still moves and stays identical."""
+    before, rank0, rank1 = _fit_ddp(tmp_path, NashMTL(), "32-true", strategy="ddp_spawn")
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key
+    assert not torch.equal(rank0["weighting.alpha"], before["weighting.alpha"])
 
 
 @pytest.mark.slow
@@ -132,7 +148,7 @@ def test_ddp_unfreezing_mid_run_trains_and_keeps_ranks_identical(tmp_path: Path)
     trainer = fast_trainer(
         max_epochs=2,
         devices=2,
-        strategy="ddp_spawn",
+        strategy="ddp_fork",
         callbacks=[SaveEncoderPerEpoch(tmp_path), SaveStatePerRank(tmp_path)],
     )
     trainer.fit(module, dm)
@@ -185,9 +201,9 @@ def test_ddp_multi_input_ranks_stay_identical(tmp_path: Path, combine: str) -> N
     trainer = fast_trainer(
         max_epochs=2,
         devices=2,
-        strategy="ddp_spawn"
+        strategy="ddp_fork"
         if combine == "max_size_cycle"
-        else "ddp_spawn_find_unused_parameters_true",
+        else "ddp_fork_find_unused_parameters_true",
         callbacks=[SaveStatePerRank(tmp_path)],
     )
     trainer.fit(module, dm)
@@ -241,7 +257,7 @@ def test_ddp_lora_keeps_ranks_identical(tmp_path: Path) -> None:
     )
     before = {k: v.detach().clone() for k, v in module.state_dict().items()}
     trainer = fast_trainer(
-        max_epochs=2, devices=2, strategy="ddp_spawn", callbacks=[SaveStatePerRank(tmp_path)]
+        max_epochs=2, devices=2, strategy="ddp_fork", callbacks=[SaveStatePerRank(tmp_path)]
     )
     trainer.fit(module, dm)
     rank0 = identical_ranks(tmp_path)

@@ -192,7 +192,7 @@ def test_ddp_dense_ranks_stay_identical(tmp_path: Path) -> None:
     dm = scenes(num_train=32, num_val=16, batch_size=4)
     module = dense_module(dm, UPGrad(target="representation"))
     trainer = fast_trainer(
-        max_epochs=2, devices=2, strategy="ddp_spawn", callbacks=[_SavePerRank(tmp_path)]
+        max_epochs=2, devices=2, strategy="ddp_fork", callbacks=[_SavePerRank(tmp_path)]
     )
     trainer.fit(module, dm)
     (state0, metrics0), (state1, metrics1) = (

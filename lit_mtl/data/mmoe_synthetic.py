@@ -13,6 +13,13 @@ public re-implementation in deep_recommenders (``mixture_of_experts._synthetic_d
 c = 0.3, m = 5, alpha_i and beta_i ~ N(0, 1), sigma = 0.01. The paper's "eps ~ N(0, 0.01)" is
 read as a standard deviation of 0.01, as there.
 
+With those defaults the labels are close to linear in x (a least-squares linear fit explains most
+of their variance), so task relatedness hardly matters. :data:`GOOGLE_RESEARCH_CONSTANTS` are the
+constants of the re-implementation in the google-research repository (its synthetic
+multi-task generator, ``generate_task_pairs``): c = 1, m = 10, alpha_i = i,
+beta_i = (i - 1)^2 for i = 1..m, under which the sinusoids carry most of the label variance;
+pass them as ``MMoESyntheticDataModule(p, **GOOGLE_RESEARCH_CONSTANTS)``.
+
 Everything is drawn from one local generator: the functions (u1, u2, alpha, beta) from
 ``function_seed`` (fixed across repeats unless changed, as in the paper, where repeats vary the
 model's initialisation and the sample), the samples and noise from ``seed``.
@@ -21,6 +28,7 @@ model's initialisation and the sample), the samples and noise from ``seed``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -31,7 +39,20 @@ from lit_mtl.data.synthetic import MultiTaskTensorDataset
 from lit_mtl.data.task_loaders import CombineMode, check_combine
 from lit_mtl.tasks import TaskSpec
 
-__all__ = ["MMoESyntheticDataModule", "make_mmoe_synthetic"]
+__all__ = [
+    "GOOGLE_RESEARCH_CONSTANTS",
+    "MMoESyntheticDataModule",
+    "make_mmoe_synthetic",
+    "mmoe_functions",
+]
+
+GOOGLE_RESEARCH_CONSTANTS: dict[str, Any] = {
+    "scale": 1.0,
+    "num_sinusoids": 10,
+    "alpha": [float(i) for i in range(1, 11)],
+    "beta": [float(i * i) for i in range(10)],
+}
+"""c, m, alpha, beta of the google-research re-implementation (module docstring)."""
 
 
 def make_mmoe_synthetic(
@@ -58,17 +79,35 @@ def make_mmoe_synthetic(
 
 
 def mmoe_functions(
-    in_features: int, scale: float, num_sinusoids: int, generator: torch.Generator
+    in_features: int,
+    scale: float,
+    num_sinusoids: int,
+    generator: torch.Generator,
+    alpha: Sequence[float] | None = None,
+    beta: Sequence[float] | None = None,
 ) -> dict[str, Tensor]:
-    """u1, u2 (orthogonal unit vectors, Gram-Schmidt on Gaussian draws), alpha, beta ~ N(0, 1)."""
+    """u1, u2 (orthogonal unit vectors, Gram-Schmidt on Gaussian draws) and the sinusoids'
+    alpha, beta: the given values, or drawn from N(0, 1) where ``None``."""
     a = torch.randn(in_features, generator=generator, dtype=torch.float64)
     b = torch.randn(in_features, generator=generator, dtype=torch.float64)
     u1 = a / a.norm()
     b = b - (b @ u1) * u1
     u2 = b / b.norm()
-    alpha = torch.randn(num_sinusoids, generator=generator, dtype=torch.float64)
-    beta = torch.randn(num_sinusoids, generator=generator, dtype=torch.float64)
+    drawn_alpha = torch.randn(num_sinusoids, generator=generator, dtype=torch.float64)
+    drawn_beta = torch.randn(num_sinusoids, generator=generator, dtype=torch.float64)
+    alpha = drawn_alpha if alpha is None else _fixed(alpha, num_sinusoids, "alpha")
+    beta = drawn_beta if beta is None else _fixed(beta, num_sinusoids, "beta")
     return {"u1": u1, "u2": u2, "alpha": alpha, "beta": beta, "c": torch.tensor(float(scale))}
+
+
+def _fixed(values: Sequence[float], num_sinusoids: int, name: str) -> Tensor:
+    out = torch.as_tensor([float(v) for v in values], dtype=torch.float64)
+    if out.numel() != num_sinusoids:
+        raise ValueError(
+            f"MMoESyntheticDataModule: {name} has {out.numel()} values, num_sinusoids is "
+            f"{num_sinusoids}"
+        )
+    return out
 
 
 class MMoESyntheticDataModule(SplitDataModule):
@@ -79,6 +118,8 @@ class MMoESyntheticDataModule(SplitDataModule):
         in_features: d.
         scale: c.
         num_sinusoids: m.
+        alpha, beta: the sinusoids' multipliers and phases (m values each); ``None``: drawn
+            from N(0, 1) with ``function_seed``.
         noise_std: standard deviation of eps_k.
         num_train, num_val, num_test: split sizes.
         per_task_inputs: each task brings its own samples (:meth:`per_task_datasets`; the same
@@ -101,6 +142,8 @@ class MMoESyntheticDataModule(SplitDataModule):
         in_features: int = 100,
         scale: float = 0.3,
         num_sinusoids: int = 5,
+        alpha: Sequence[float] | None = None,
+        beta: Sequence[float] | None = None,
         noise_std: float = 0.01,
         num_train: int = 10000,
         num_val: int = 1000,
@@ -127,6 +170,9 @@ class MMoESyntheticDataModule(SplitDataModule):
                 f"required, got {in_features}, {num_sinusoids}, {noise_std}"
             )
         check_combine(combine, temperature, "MMoESyntheticDataModule")
+        for values, name in ((alpha, "alpha"), (beta, "beta")):
+            if values is not None:
+                _fixed(values, num_sinusoids, name)
         self.save_hyperparameters()
         self.p = float(p)
         self.per_task_inputs = bool(per_task_inputs)
@@ -144,6 +190,8 @@ class MMoESyntheticDataModule(SplitDataModule):
             float(hp.scale),
             int(hp.num_sinusoids),
             torch.Generator().manual_seed(int(hp.function_seed)),
+            hp.alpha,
+            hp.beta,
         )
 
     def per_task_datasets(self, split: str = "train") -> dict[str, MultiTaskTensorDataset]:
