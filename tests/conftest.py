@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
+import sys
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -65,6 +71,55 @@ def small_module(
 @pytest.fixture
 def seeded() -> None:
     torch.manual_seed(0)
+
+
+@dataclass
+class CliRun:
+    """What a ``lit-mtl`` run left: its exit code and what it wrote."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def lit_mtl_cli(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., CliRun]:
+    """``lit_mtl_cli(*args, cwd=path)`` runs ``lit-mtl *args`` in this process (the console
+    script's ``main``, its exit code from ``SystemExit``), in ``cwd``, with the environment and
+    the working directory restored afterwards. A fresh interpreter costs 5-8 s of imports per
+    run; the tests that are about the interpreter (the console script, import time, quiet
+    output, a killed process) start one."""
+    from lit_mtl.__main__ import main
+
+    def run(*args: str, cwd: Path) -> CliRun:
+        capfd.readouterr()
+        logged = io.StringIO()
+        handler = logging.StreamHandler(logged)  # Lightning's handlers hold the import-time stderr
+        names = ("lightning", "lightning.pytorch", "lightning.fabric", "lit_mtl")
+        loggers = [logging.getLogger(name) for name in names]  # the ones that stop propagation
+        environ = dict(os.environ)
+        with monkeypatch.context() as patch:
+            patch.chdir(cwd)
+            patch.setattr(sys, "argv", ["lit-mtl", *args])
+            patch.delenv("LIT_MTL_TRACEBACK", raising=False)
+            for logger in loggers:
+                logger.addHandler(handler)
+            code = 0
+            try:
+                main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+            finally:
+                for logger in loggers:
+                    logger.removeHandler(handler)
+                os.environ.clear()
+                os.environ.update(environ)
+        out, err = capfd.readouterr()
+        return CliRun(code, out, err + logged.getvalue())
+
+    return run
 
 
 # ---------------------------------------------------------------------- the repository stays clean

@@ -181,6 +181,9 @@ def test_shipped_comparison_configs_run_at_tiny_size(path: Path, tmp_path: Path)
     config.methods = {k: config.methods[k] for k in first_two}
     config.fit["trainer"].update(max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     data = config.fit["data"]
+    for key, size in (("num_train", 64), ("num_val", 32), ("num_test", 64)):
+        if key in data["init_args"]:  # generated scenes: generate few
+            data["init_args"][key] = size
     if data["class_path"].endswith("ScenesDataModule"):  # 2 batches: no pixel within 11.25 deg yet
         config.metrics = ["miou", "pix_acc", "abs_err", "rel_err", "angle_mean", "angle_median"]
     if data["class_path"].endswith("NYUv2DataModule"):  # tiny files in the preprocessed layout

@@ -6,9 +6,12 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from conftest import CliRun
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -33,7 +36,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 
 @pytest.mark.slow
-def test_readme_main_command_runs(tmp_path: Path) -> None:
+def test_readme_main_command_runs(lit_mtl_cli: Callable[..., CliRun], tmp_path: Path) -> None:
     run_part = MAIN_COMMAND.split(" && ", 1)[1].split()
     assert run_part[0] == "lit-mtl"
     shutil.copytree(ROOT / "configs", tmp_path / "configs")
@@ -55,9 +58,7 @@ def test_readme_main_command_runs(tmp_path: Path) -> None:
         if "--ckpt_path last" in line
     ]
     assert resume[0] == "lit-mtl"
-    more = subprocess.run(
-        [exe, *resume[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=900
-    )
+    more = lit_mtl_cli(*resume[1:], cwd=tmp_path)  # the console script's main, in this process
     assert more.returncode == 0, more.stderr[-3000:]
     assert "Restored all states" in more.stderr
     assert "`Trainer.fit` stopped: `max_epochs=20` reached." in more.stderr

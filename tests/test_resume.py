@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from lit_mtl.checkpoints import UnsafeCheckpointError, file_sha256
 from lit_mtl.cli import model_config_conflicts
 from lit_mtl.transfer import load_source_into
 
-from conftest import fast_trainer, small_data
+from conftest import CliRun, fast_trainer, small_data
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = str(ROOT / "configs" / "quickstart.yaml")
@@ -29,7 +32,8 @@ FAST = [
 ]
 
 
-def lit_mtl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def lit_mtl_process(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m lit_mtl`` in a fresh interpreter (what the user's shell runs)."""
     env = {k: v for k, v in os.environ.items() if k != "LIT_MTL_TRACEBACK"}
     return subprocess.run(
         [sys.executable, "-m", "lit_mtl", *args],
@@ -41,19 +45,21 @@ def lit_mtl(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_cli_resume_honours_trainer_settings_and_refuses_model_changes(tmp_path: Path) -> None:
-    first = lit_mtl("fit", "--config", QUICK, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
+def test_cli_resume_honours_trainer_settings_and_refuses_model_changes(
+    lit_mtl_cli: Callable[..., CliRun], tmp_path: Path
+) -> None:
+    first = lit_mtl_cli("fit", "--config", QUICK, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     last = tmp_path / "lightning_logs" / "quickstart" / "checkpoints" / "last.ckpt"
     assert last.is_file()  # every CLI run saves a last checkpoint
-    more = lit_mtl(
+    more = lit_mtl_cli(
         "fit", "--config", QUICK, "--trainer.max_epochs=2", *FAST, "--ckpt_path", "last",
         cwd=tmp_path,
     )  # fmt: skip
     assert more.returncode == 0, more.stderr[-2000:]
     assert "Restored all states" in more.stderr
     assert torch.load(last, weights_only=True)["global_step"] == 4  # 2 + 2: continued
-    changed = lit_mtl(
+    changed = lit_mtl_cli(
         "fit", "--config", QUICK, "--trainer.max_epochs=3", *FAST, "--ckpt_path", "last",
         "--model.init_args.weighting=lit_mtl.EqualWeighting",
         "--model.init_args.optimizer.init_args.lr=0.01",
@@ -69,8 +75,10 @@ def test_cli_resume_honours_trainer_settings_and_refuses_model_changes(tmp_path:
     assert torch.load(last, weights_only=True)["global_step"] == 4  # nothing trained
 
 
-def test_cli_last_without_a_checkpoint_is_an_error(tmp_path: Path) -> None:
-    out = lit_mtl("fit", "--config", QUICK, *FAST, "--ckpt_path", "last", cwd=tmp_path)
+def test_cli_last_without_a_checkpoint_is_an_error(
+    lit_mtl_cli: Callable[..., CliRun], tmp_path: Path
+) -> None:
+    out = lit_mtl_cli("fit", "--config", QUICK, *FAST, "--ckpt_path", "last", cwd=tmp_path)
     assert out.returncode == 1
     assert "FileNotFoundError: --ckpt_path last: no last checkpoint in" in out.stderr
     assert not (tmp_path / "lightning_logs" / "quickstart" / "checkpoints").exists()
@@ -81,11 +89,11 @@ def test_cli_last_without_a_checkpoint_is_an_error(tmp_path: Path) -> None:
     [(b"", "is empty"), (b"PK\x03\x04 not a full archive", "truncated, corrupt or not")],
 )
 def test_bad_checkpoint_files_are_named_on_every_entry_point(
-    tmp_path: Path, content: bytes, match: str
+    lit_mtl_cli: Callable[..., CliRun], tmp_path: Path, content: bytes, match: str
 ) -> None:
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(content)
-    out = lit_mtl("fit", "--config", QUICK, *FAST, "--ckpt_path", str(bad), cwd=tmp_path)
+    out = lit_mtl_cli("fit", "--config", QUICK, *FAST, "--ckpt_path", str(bad), cwd=tmp_path)
     assert out.returncode == 1
     assert f"--ckpt_path {str(bad)!r}" in out.stderr and match in out.stderr
     with pytest.raises(ValueError, match=match) as info:
@@ -108,7 +116,9 @@ class _Payload:
         return (Path.write_text, (self.marker, "code ran"))
 
 
-def test_payload_checkpoint_never_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_payload_checkpoint_never_runs(
+    lit_mtl_cli: Callable[..., CliRun], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # torch's default switched off
     marker = tmp_path / "pwned.txt"
     payload = tmp_path / "payload.ckpt"
@@ -120,7 +130,7 @@ def test_payload_checkpoint_never_runs(tmp_path: Path, monkeypatch: pytest.Monke
         MultiTaskModule.load_from_checkpoint(payload)
     with pytest.raises(UnsafeCheckpointError, match=r"payload\.ckpt"):
         load_source_into(MLPEncoder(8, [4]), payload)
-    out = lit_mtl("fit", "--config", QUICK, *FAST, "--ckpt_path", str(payload), cwd=tmp_path)
+    out = lit_mtl_cli("fit", "--config", QUICK, *FAST, "--ckpt_path", str(payload), cwd=tmp_path)
     assert out.returncode == 1 and "UnsafeCheckpointError" in out.stderr
     with pytest.raises(ValueError, match="weights_only=True only"):
         MultiTaskModule.load_from_checkpoint(payload, weights_only=False)
@@ -230,8 +240,10 @@ def test_bad_labels_in_a_fit_name_the_task_and_the_value() -> None:
             fast_trainer().fit(module, DataLoader(data, batch_size=4))
 
 
-def test_cli_constructor_error_comes_first_with_its_type(tmp_path: Path) -> None:
-    out = lit_mtl(
+def test_cli_constructor_error_comes_first_with_its_type(
+    lit_mtl_cli: Callable[..., CliRun], tmp_path: Path
+) -> None:
+    out = lit_mtl_cli(
         "fit", "--config", QUICK, "--model.init_args.encoder.init_args.in_features=0", *FAST,
         cwd=tmp_path,
     )  # fmt: skip
@@ -260,7 +272,7 @@ def test_download_without_network_says_so(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_trainer_runs_are_quiet_of_lightning_tips(tmp_path: Path) -> None:
-    out = lit_mtl("fit", "--config", QUICK, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
+    out = lit_mtl_process("fit", "--config", QUICK, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
     assert out.returncode == 0
     assert "Tip" not in out.stderr and "deprecated" not in out.stderr
 
@@ -273,24 +285,25 @@ def test_trainer_runs_are_quiet_of_lightning_tips(tmp_path: Path) -> None:
 def test_sigkill_mid_epoch_then_resume_from_last_is_bit_identical(
     tmp_path: Path, method: str, kill_step: int
 ) -> None:
+    """The killed run is a process of its own that SIGKILLs itself (no cleanup, no atexit); the
+    full and the resumed runs train here."""
     script = Path(__file__).parent / "scripts" / "killed_run.py"
-
-    def run(mode: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, str(script), mode, method, str(tmp_path), str(kill_step)],
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-
-    full = run("full")
-    assert full.returncode == 0, full.stderr[-2000:]
-    killed = run("killed")
-    assert killed.returncode == -9, killed.stderr[-2000:]  # SIGKILL: no cleanup ran
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == kill_step - 1  # the newest checkpoint, mid-epoch
-    resumed = run("resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    spec = importlib.util.spec_from_file_location("killed_run", script)
+    assert spec is not None and spec.loader is not None
+    killed_run = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(killed_run)
+    try:
+        killed_run.train("full", method, tmp_path, kill_step)
+        killed = subprocess.run(
+            [sys.executable, str(script), "killed", method, str(tmp_path), str(kill_step)],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]  # no cleanup ran
+        last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+        assert last["global_step"] == kill_step - 1  # the newest checkpoint, mid-epoch
+        killed_run.train("resume", method, tmp_path, kill_step)
+    finally:
+        torch.use_deterministic_algorithms(False)  # the runs' Trainer(deterministic=True)
     expected = torch.load(tmp_path / "final_full.pt", weights_only=True)
     actual = torch.load(tmp_path / "final_resume.pt", weights_only=True)
     assert expected.keys() == actual.keys()
@@ -298,21 +311,27 @@ def test_sigkill_mid_epoch_then_resume_from_last_is_bit_identical(
         assert torch.equal(expected[key], actual[key]), key
 
 
-def test_cli_transfer_resumes_with_its_source_moved_away(tmp_path: Path) -> None:
+def test_cli_transfer_resumes_with_its_source_moved_away(
+    lit_mtl_cli: Callable[..., CliRun], tmp_path: Path
+) -> None:
     source_config = str(ROOT / "configs" / "digits_source.yaml")
     transfer_config = str(ROOT / "configs" / "digits_transfer.yaml")
-    out = lit_mtl("fit", "--config", source_config, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
+    out = lit_mtl_cli(
+        "fit", "--config", source_config, "--trainer.max_epochs=1", *FAST, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    out = lit_mtl("fit", "--config", transfer_config, "--trainer.max_epochs=1", *FAST, cwd=tmp_path)
+    out = lit_mtl_cli(
+        "fit", "--config", transfer_config, "--trainer.max_epochs=1", *FAST, cwd=tmp_path
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     source = tmp_path / "checkpoints" / "digits_source" / "source.ckpt"
     source.rename(tmp_path / "elsewhere.ckpt")  # the source is gone
-    resumed = lit_mtl(
+    resumed = lit_mtl_cli(
         "fit", "--config", transfer_config, "--trainer.max_epochs=2", *FAST, "--ckpt_path", "last",
         cwd=tmp_path,
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    fresh = lit_mtl("fit", "--config", transfer_config, *FAST, cwd=tmp_path)
+    fresh = lit_mtl_cli("fit", "--config", transfer_config, *FAST, cwd=tmp_path)
     assert fresh.returncode == 1
     assert "FileNotFoundError: TransferModule: source 'checkpoints/digits_source/source.ckpt'" in (
         fresh.stderr

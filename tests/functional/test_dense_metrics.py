@@ -149,24 +149,24 @@ def test_metrics_of_nothing_valid_are_empty_and_bad_labels_are_named() -> None:
         seg.update(torch.zeros(1, 3, 1, 2), torch.tensor([[[0, 5]]]))
 
 
-def _rank(rank: int, world: int, port: int, reduction: str, out: str) -> None:
+def _rank(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
     batches = _batches(seed=2, num=4)[rank::world]  # each rank sees its share of the batches
-    values = _ours(batches, reduction)  # compute() syncs the states across ranks
+    # compute() syncs the states across ranks
+    values = {reduction: _ours(batches, reduction) for reduction in ("pooled", "per_batch")}
     torch.save(values, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("reduction", ["pooled", "per_batch"])
-def test_ddp_metric_over_two_ranks_is_the_metric_over_the_union(
-    tmp_path: Path, reduction: str
-) -> None:
-    port = 29500 + (os.getpid() % 1000) + (reduction == "pooled")
-    mp.spawn(_rank, args=(2, port, reduction, str(tmp_path)), nprocs=2, join=True)
-    union = _ours(_batches(seed=2, num=4), reduction)
+def test_ddp_metric_over_two_ranks_is_the_metric_over_the_union(tmp_path: Path) -> None:
+    port = 29500 + (os.getpid() % 1000)
+    # fork: the ranks start from this process's imports (spawn would import torch twice more)
+    mp.start_processes(_rank, args=(2, port, str(tmp_path)), nprocs=2, start_method="fork")
     for rank in (0, 1):
         values = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
-        assert values == pytest.approx(union, rel=1e-9, abs=1e-12)
+        for reduction in ("pooled", "per_batch"):
+            union = _ours(_batches(seed=2, num=4), reduction)
+            assert values[reduction] == pytest.approx(union, rel=1e-9, abs=1e-12), reduction

@@ -1,4 +1,5 @@
-"""A run for the kill-and-resume test: ``python killed_run.py MODE METHOD OUT KILL_STEP``.
+"""A run for the kill-and-resume test: ``train(MODE, METHOD, OUT, KILL_STEP)``, or as a script
+``python killed_run.py MODE METHOD OUT KILL_STEP``.
 
 MODE ``full`` trains 2 epochs (8 steps each); ``killed`` trains with a checkpoint every 3 steps
 and SIGKILLs its own process at the start of step KILL_STEP (e.g. 10: mid-epoch 1, the last
@@ -33,9 +34,8 @@ from lit_mtl import (
 from conftest import small_data
 
 
-def main() -> None:
+def train(mode: str, method: str, out: Path, kill_step: int) -> None:
     warnings.filterwarnings("ignore")
-    mode, method, out, kill_step = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
     source = out / "source.pt"
     if method == "transfer" and not source.exists():  # the same source for every run
         torch.manual_seed(123)
@@ -91,4 +91,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    train(sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))
