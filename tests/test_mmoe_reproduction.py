@@ -18,7 +18,7 @@ assert _spec is not None and _spec.loader is not None
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
-ARGS = argparse.Namespace(lr=3e-3, epochs=2, batch_size=16, bottom_width=8)
+ARGS = argparse.Namespace(lr=3e-3, epochs=2, batch_size=16, bottom_width=8, schedule="cosine")
 
 
 def _data(repeats: int) -> tuple[tuple, tuple]:
