@@ -50,6 +50,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "f1": True,
     "mse": False,
     "mae": False,
+    "auroc": True,  # ranking_metrics=True
+    "auprc": True,
     **{name: higher for kind in DENSE_METRIC_DIRECTIONS.values() for name, higher in kind.items()},
 }
 

@@ -14,13 +14,14 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from lit_mtl.checkpoints import check_checkpoint_file, unsafe_error
 from lit_mtl.diagnostics import GateUsage, conflict_share, gradient_cosines, pair_names
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
 from lit_mtl.engines.representation import RepresentationEngine, gradients_of
-from lit_mtl.epoch_metrics import EpochTaskMetrics
+from lit_mtl.epoch_metrics import EpochRankingMetrics, EpochTaskMetrics
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec, product_logit
 from lit_mtl.weighting import EqualWeighting, Weighting
 
@@ -161,6 +162,8 @@ class _TaskLosses(NamedTuple):
     present: Tensor  # (T,) bool: the task has a labelled entry in the batch
     statistics: Tensor  # the tasks' metric statistics, concatenated
     views: list[Tensor] | None  # what each head read (views of z, or the z_i; gradient methods)
+    predictions: Sequence[Tensor | None]  # each task's prediction (None: absent from the step)
+    parts: Sequence[TaskBatch | None]  # the batch each task's prediction is scored against
 
 
 class MultiTaskModule(L.LightningModule):
@@ -203,6 +206,12 @@ class MultiTaskModule(L.LightningModule):
             ``"per_task"``: once per task (inputs of any shape; BatchNorm normalises each
             task's batch by its own statistics in training but by the running mixture of all
             tasks at evaluation).
+        ranking_metrics: also log the exact ROC-AUC and average precision of every binary task
+            at the end of each validation and test epoch, ``{stage}/{task}/auroc`` and
+            ``{stage}/{task}/auprc``, over the epoch's labelled entries of all ranks
+            (:class:`~lit_mtl.epoch_metrics.EpochRankingMetrics`; the field's numbers on
+            MoleculeNet). A task whose entries lack a positive or a negative gets none (said
+            once). Off by default: it keeps every labelled score of the epoch.
 
     Logged: ``train/loss`` every step; per task, ``train/{task}/loss`` and
     ``train/{task}/weight`` (the step's values) on the steps the trainer writes logs
@@ -237,6 +246,7 @@ class MultiTaskModule(L.LightningModule):
         dense_reduction: Literal["pooled", "per_batch"] = "pooled",
         gradient_conflicts_every: int | None = None,
         encoder_pass: Literal["concatenated", "per_task"] = "concatenated",
+        ranking_metrics: bool = False,
     ) -> None:
         super().__init__()
         # Under the lit-mtl CLI the hyperparameters are the parsed config (class_path/init_args
@@ -327,6 +337,20 @@ class MultiTaskModule(L.LightningModule):
                 for stage in STAGES
             }
         )
+        binary = [i for i, task in enumerate(self.tasks.values()) if task.kind == "binary"]
+        if ranking_metrics and not binary:
+            raise ValueError(
+                "MultiTaskModule: ranking_metrics=True scores binary tasks, and none of "
+                f"{self.task_names} is binary"
+            )
+        #: the binary tasks' positions, and the val/test accumulators of their scores
+        self._ranked_tasks = binary if ranking_metrics else []
+        self.epoch_ranking = {
+            stage: EpochRankingMetrics([self.task_names[i] for i in self._ranked_tasks])
+            for stage in ("val", "test")
+            if ranking_metrics
+        }
+        self._unranked_said: set[tuple[str, str]] = set()
         # where each task's labelled count sits in the concatenated statistics of a step
         counts_at = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.long)
         self.register_buffer("_count_positions", counts_at, persistent=False)
@@ -671,8 +695,9 @@ class MultiTaskModule(L.LightningModule):
         present = stats_all[self._count_positions] > 0
         batch_size: int | tuple[int, ...] = sizes[0] if len(set(sizes)) == 1 else tuple(sizes)
         return _TaskLosses(
-            z, batch_size, losses, stacked, loss_values, present, stats_all, head_inputs
-        )
+            z, batch_size, losses, stacked, loss_values, present, stats_all, head_inputs, preds,
+            parts,
+        )  # fmt: skip
 
     def _effective_mask(self, name: str, part: TaskBatch) -> Tensor | None:
         """The task's mask, restricted to the samples whose parent label is positive for a
@@ -826,6 +851,18 @@ class MultiTaskModule(L.LightningModule):
         self.epoch_metrics[f"{stage}_metrics"].update(
             step.stacked, step.statistics, step.batch_size
         )
+        ranking = self.epoch_ranking.get(stage)
+        if ranking is None:
+            return
+        names = self.task_names
+        for k, i in enumerate(self._ranked_tasks):
+            pred, part = step.predictions[i], step.parts[i]
+            if pred is None or part is None:
+                continue
+            target = part.targets[names[i]]
+            present = self.tasks[names[i]].labelled(target, self._effective_mask(names[i], part))
+            present = present.reshape(-1)
+            ranking.update(k, pred.reshape(-1)[present], target.reshape(-1)[present])
 
     def _log_epoch_metrics(self, stage: str) -> None:
         """Log the stage's per-task epoch values (``{stage}/{task}/loss`` for val and test,
@@ -847,6 +884,22 @@ class MultiTaskModule(L.LightningModule):
                 total = torch.stack(task_losses).sum().float()
                 self.log(f"{stage}/loss", total, prog_bar=stage == "val", sync_dist=True)
         metric.reset()
+        ranking = self.epoch_ranking.get(stage)
+        if ranking is not None:
+            self._log_ranking_metrics(stage, ranking)
+
+    def _log_ranking_metrics(self, stage: str, ranking: EpochRankingMetrics) -> None:
+        values, undefined = ranking.compute()  # on every rank: one packed all-gather
+        ranking.reset()
+        for key, value in values.items():
+            self.log(f"{stage}/{key}", value, sync_dist=True)
+        new = [name for name in undefined if (stage, name) not in self._unranked_said]
+        if new and not self.trainer.sanity_checking:
+            self._unranked_said.update((stage, name) for name in new)
+            rank_zero_warn(
+                f"{stage}: no ROC-AUC / average precision for task(s) {new}: their labelled "
+                "entries lack a positive or a negative (said once per task and stage)"
+            )
 
     def validation_step(self, batch: Batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "val")
@@ -868,12 +921,16 @@ class MultiTaskModule(L.LightningModule):
 
     def on_validation_epoch_start(self) -> None:
         self.epoch_metrics["val_metrics"].reset()
+        if "val" in self.epoch_ranking:
+            self.epoch_ranking["val"].reset()
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch_metrics("val")
 
     def on_test_epoch_start(self) -> None:
         self.epoch_metrics["test_metrics"].reset()
+        if "test" in self.epoch_ranking:
+            self.epoch_ranking["test"].reset()
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

@@ -48,12 +48,21 @@ def module() -> MultiTaskModule:
         SPECS,
         optimizer=functools.partial(torch.optim.SGD, lr=0.0),  # fixed parameters
         plots=False,
+        ranking_metrics=True,  # val and test: bin/auroc, bin/auprc
     )
 
 
-def reference(model: MultiTaskModule, data: MultiTaskTensorDataset, batches: list[list[int]]):  # type: ignore[no-untyped-def]
+def reference(  # type: ignore[no-untyped-def]
+    model: MultiTaskModule,
+    data: MultiTaskTensorDataset,
+    batches: list[list[int]],
+    ranking: bool = True,
+):
     """Per-task losses (batch-size-weighted mean of the batch losses) and metrics (torchmetrics
-    over every labelled entry) computed directly."""
+    over every labelled entry; ``ranking``: scikit-learn's ROC-AUC and average precision of the
+    binary task) computed directly."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     metrics = {
         "bin": torchmetrics_reference("binary", 1),
         "cls": torchmetrics_reference("multiclass", 3),
@@ -61,6 +70,7 @@ def reference(model: MultiTaskModule, data: MultiTaskTensorDataset, batches: lis
     }
     loss_sums = dict.fromkeys(model.task_names, 0.0)
     squared, absolute, count = 0.0, 0.0, 0
+    scores, labels = [], []
     with torch.no_grad():
         for idx in batches:
             x, targets = data.inputs[idx], {k: v[idx] for k, v in data.targets.items()}
@@ -73,6 +83,8 @@ def reference(model: MultiTaskModule, data: MultiTaskTensorDataset, batches: lis
             absolute += error.abs().sum().item()
             count += int(labelled.sum())
             binary = targets["bin"].nan_to_num(IGNORE_INDEX).long()
+            scores.append(out["bin"][binary != IGNORE_INDEX])
+            labels.append(binary[binary != IGNORE_INDEX])
             for name, target in (
                 ("bin", binary),
                 ("cls", targets["cls"]),
@@ -85,6 +97,9 @@ def reference(model: MultiTaskModule, data: MultiTaskTensorDataset, batches: lis
     values |= {"reg/mse": squared / count, "reg/mae": absolute / count}
     for name, group in metrics.items():
         values |= {f"{name}/{k}": m.compute().item() for k, m in group.items()}
+    if ranking:
+        y, s = torch.cat(labels).numpy(), torch.cat(scores).numpy()
+        values |= {"bin/auroc": roc_auc_score(y, s), "bin/auprc": average_precision_score(y, s)}
     return values
 
 
@@ -145,18 +160,21 @@ def test_epoch_values_and_cadence_match_a_direct_computation() -> None:
     assert written == [step for step, row in recorder.rows if "train/loss" in row] == [1]
     # the values written at step 1 are batch 1's losses; weights are 1 (equal weighting)
     row = next(row for step, row in recorder.rows if step == 1)
-    batch1 = reference(model, train, [list(range(8, 16))])
+    batch1 = reference(model, train, [list(range(8, 16))], ranking=False)
     for name in model.task_names:
         assert row[f"train/{name}/loss"] == pytest.approx(batch1[f"{name}/loss"], rel=1e-5)
         assert row[f"train/{name}/weight"] == 1.0
-    last = reference(model, train, [list(range(16, 22))])
+    last = reference(model, train, [list(range(16, 22))], ranking=False)
     assert trainer.callback_metrics["train/cls/loss"].item() == pytest.approx(
         last["cls/loss"], rel=1e-5
     )
 
     # epoch values: the validation set in batches of 6, 6, 6, 2; the training set's metrics
     expected_val = reference(model, val, [list(range(i, min(i + 6, 20))) for i in range(0, 20, 6)])
-    expected_train = reference(model, train, [list(range(0, 22))])
+    expected_train = reference(model, train, [list(range(0, 22))], ranking=False)  # not ranked
+    assert not any(
+        k.endswith(("/auroc", "/auprc")) for k in trainer.callback_metrics if "train" in k
+    )
     epoch_row = next(row for _, row in reversed(recorder.rows) if "val/reg/mse" in row)
     for key, value in expected_val.items():
         assert epoch_row[f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-7), key
@@ -225,3 +243,16 @@ def test_epoch_state_is_not_shared_with_processes_it_was_sent_to() -> None:
     sent = pickle.loads(ForkingPickler.dumps(gates))
     sent.update([torch.full((3, 2), 0.5)])
     assert gates.samples.item() == 0.0 and gates.entropy_sums.sum().item() == 0.0
+
+
+def test_ranking_metrics_leave_out_a_task_without_both_classes_and_say_so_once() -> None:
+    train, val = dataset(16, seed=1), dataset(12, seed=2)
+    val.targets["bin"] = torch.zeros(12)  # no positive in the validation split
+    trainer = fast_trainer(max_epochs=2, num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match=r"val: no ROC-AUC .* task\(s\) \['bin'\]") as said:
+        trainer.fit(module(), DataLoader(train, batch_size=8), DataLoader(val, batch_size=6))
+    assert sum("no ROC-AUC" in str(w.message) for w in said) == 1  # two epochs, said once
+    assert "val/bin/auroc" not in trainer.callback_metrics
+    assert "val/bin/acc" in trainer.callback_metrics
+    with pytest.raises(ValueError, match="ranking_metrics=True scores binary tasks"):
+        MultiTaskModule(MLPEncoder(6, [8]), [TaskSpec("reg")], ranking_metrics=True)

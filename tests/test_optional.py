@@ -14,6 +14,7 @@ from lit_mtl import (
     TorchvisionEncoder,
 )
 from lit_mtl._optional import require
+from lit_mtl.data.molecules import morgan_fingerprints
 from lit_mtl.plots import plot_task_weights
 from lit_mtl.transfer.lora import inject_lora
 
@@ -52,8 +53,9 @@ def test_require_names_the_extra(without) -> None:  # type: ignore[no-untyped-de
         (("matplotlib",), lambda: plot_task_weights([0], [[1.0]], ["a"]), "plots"),
         (("timm",), lambda: TimmEncoder("resnet18"), "timm"),
         (("peft",), lambda: inject_lora(MLPEncoder(4, [4]), ["blocks.0.0"]), "lora"),
+        (("rdkit",), lambda: morgan_fingerprints(["CCO"]), "molecules"),
     ],
-    ids=["digits", "mnist1d", "torchvision", "plots", "timm", "peft"],
+    ids=["digits", "mnist1d", "torchvision", "plots", "timm", "peft", "rdkit"],
 )
 def test_pieces_name_their_extra(without, packages, build, extra) -> None:  # type: ignore[no-untyped-def]
     without(*packages)

@@ -137,12 +137,14 @@ def _train_and_test(cfg: dict[str, Any], run_dir: Path) -> tuple[dict, dict, flo
             import wandb
 
             wandb.finish()
-    directions = metric_directions(cli.model.hparams["tasks"])
+    known = metric_directions(cli.model.hparams["tasks"])
     metrics = {
         key[len("test/") :]: float(value)
         for key, value in tested.items()
-        if key.startswith("test/") and key[len("test/") :] in directions
+        if key.startswith("test/") and key[len("test/") :] in known
     }
+    # the metrics this run logged (the binary tasks' auroc / auprc only with ranking_metrics)
+    directions = {key: higher for key, higher in known.items() if key in metrics}
     return metrics, directions, seconds, epochs
 
 

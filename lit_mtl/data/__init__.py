@@ -6,6 +6,7 @@ from lit_mtl.data.dense import CityScapesDataModule, DenseDataModule, NYUv2DataM
 from lit_mtl.data.dense_augment import augment_batch, scale_crop_flip
 from lit_mtl.data.labelled import DIGIT_TASKS, DerivedTask, LabelledDataModule, TaskDerivedDataset
 from lit_mtl.data.mmoe_synthetic import MMoESyntheticDataModule, make_mmoe_synthetic
+from lit_mtl.data.molecules import MOLECULENET_FILES, MoleculeNetDataModule
 from lit_mtl.data.offline import (
     DigitsDataModule,
     DigitsOverlayDataModule,
@@ -29,6 +30,7 @@ __all__ = [
     "CELEBA_ATTRIBUTES",
     "DIGIT_DOMAINS",
     "DIGIT_TASKS",
+    "MOLECULENET_FILES",
     "SCENE_CLASSES",
     "VISION_TASKS",
     "CelebADataModule",
@@ -43,6 +45,7 @@ __all__ = [
     "LabelledDataModule",
     "MMoESyntheticDataModule",
     "MNIST1DDataModule",
+    "MoleculeNetDataModule",
     "MultiMNISTDataModule",
     "MultiTaskTensorDataset",
     "NYUv2DataModule",

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "all_gather_columns",
     "all_reduce_max",
     "all_reduce_mean",
     "all_reduce_sum",
@@ -31,6 +32,23 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     out = tensor.detach().clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
+
+
+def all_gather_columns(tensor: Tensor) -> Tensor:
+    """Every rank's (R, n_rank) tensor concatenated along its columns in rank order (n_rank may
+    differ between ranks; R may not): two all-gathers, the sizes then the zero-padded data."""
+    n = world_size()
+    if n == 1:
+        return tensor
+    size = torch.tensor([tensor.shape[1]], device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(n)]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = tensor.new_zeros((tensor.shape[0], max(counts)))
+    padded[:, : tensor.shape[1]] = tensor
+    gathered = [torch.zeros_like(padded) for _ in range(n)]
+    dist.all_gather(gathered, padded.contiguous())
+    return torch.cat([g[:, :c] for g, c in zip(gathered, counts, strict=True)], dim=1)
 
 
 def all_reduce_mean(tensor: Tensor) -> Tensor:

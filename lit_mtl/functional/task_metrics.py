@@ -43,10 +43,11 @@ __all__ = [
     "statistics_size",
 ]
 
-#: metric names by task kind, with whether higher is better
+#: metric names by task kind, with whether higher is better (binary ``auroc`` / ``auprc``: logged
+#: with ``MultiTaskModule(ranking_metrics=True)``, :mod:`lit_mtl.functional.ranking_metrics`)
 METRIC_DIRECTIONS: dict[str, dict[str, bool]] = {
     "regression": {"mse": False, "mae": False},
-    "binary": {"acc": True, "f1": True},
+    "binary": {"acc": True, "f1": True, "auroc": True, "auprc": True},
     "multiclass": {"acc": True, "f1": True},
     "multilabel": {"acc": True, "f1": True},
     "dense_regression": {"mse": False, "mae": False},
