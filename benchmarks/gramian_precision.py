@@ -3,8 +3,10 @@
 The engines hand a Gramian rule G = J J^T of the float32 task gradients J (T x P). Forming it
 with float32 products carries an absolute error of about eps32 * ||g||^2, so a small quantity
 read from it (sqrt(w^T G w) near a Pareto-stationary point, a small eigenvalue of a
-rank-deficient G) keeps half of float32's digits. ``lit_mtl`` accumulates the products in float64
-(:func:`lit_mtl.engines.float64_gramian`: float64 copies of at most 64 MiB of columns at a time).
+rank-deficient G) keeps half of float32's digits. By default ``lit_mtl`` forms G with float32
+products (what the methods' authors do); a method that reads such a small quantity (CAGrad's
+||g_w||) declares float64 accumulation, :func:`lit_mtl.engines.float64_gramian`: float64 copies
+of ``GRAMIAN_CHUNK_COLUMNS`` columns of J at a time, multiplied and accumulated in float64.
 
 Cost: for T in {2, 10, 40} and P in {1e5, 1e6, 1e7}, the float32 product ``J @ J.T`` and the
 float64 one are timed interleaved over several rounds (median ms, and the ratio in the same

@@ -28,8 +28,9 @@ def float64_gramian(blocks: Sequence[Tensor], others: Sequence[Tensor] | None = 
     """sum_k A_k B_k^T in float64 for float32 column blocks A_k (T_a, P_k), B_k (T_b, P_k)
     (``others=None``: B = A, the Gramian). Each product of two float32 numbers is exact in
     float64, so the only error is float64's accumulation. ``GRAMIAN_CHUNK_COLUMNS`` columns are
-    converted at a time: the transient memory is bounded whatever P is. Cost on CPU: 1.3x
-    (T = 2) to 4.5x (T = 40) the float32 product (``benchmarks/gramian_precision.py``)."""
+    converted at a time: the transient memory is bounded whatever P is. Cost on a 2-core CPU:
+    1.5-8x the float32 product, 0.1-0.8 of a training step with the same P
+    (``benchmarks/gramian_precision.py``)."""
     others = blocks if others is None else others
     first = blocks[0]
     out = torch.zeros(
