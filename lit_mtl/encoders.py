@@ -66,6 +66,11 @@ class MLPEncoder(Encoder):
         activation: one of relu, gelu, tanh, silu, leaky_relu.
         dropout: dropout probability after each block (0 = none).
         batch_norm: add BatchNorm1d after each Linear.
+        weight_init_std: initialise the Linear weights from a normal distribution of this
+            standard deviation truncated at two of them (TensorFlow's ``truncated_normal``, as
+            DeepChem's 2017 networks); default: PyTorch's initialisation.
+        bias_init: initialise the Linear biases to this constant (DeepChem: 1.0); default:
+            PyTorch's initialisation.
 
     Layer groups: one per block, ``block0`` (input side) ... ``block{k-1}``.
     """
@@ -77,10 +82,14 @@ class MLPEncoder(Encoder):
         activation: str = "relu",
         dropout: float = 0.0,
         batch_norm: bool = False,
+        weight_init_std: float | None = None,
+        bias_init: float | None = None,
     ) -> None:
         super().__init__()
         if int(in_features) < 1:
             raise ValueError(f"MLPEncoder: in_features must be >= 1, got {in_features}")
+        if weight_init_std is not None and not weight_init_std > 0:
+            raise ValueError(f"MLPEncoder: weight_init_std must be > 0, got {weight_init_std}")
         widths = [int(h) for h in hidden]
         if not widths or any(h < 1 for h in widths):
             raise ValueError(f"MLPEncoder: hidden must be a non-empty list of widths, got {hidden}")
@@ -89,7 +98,13 @@ class MLPEncoder(Encoder):
         blocks = []
         prev = self.in_features
         for width in widths:
-            layers: list[nn.Module] = [nn.Linear(prev, width)]
+            linear = nn.Linear(prev, width)
+            if weight_init_std is not None:
+                std = float(weight_init_std)
+                nn.init.trunc_normal_(linear.weight, std=std, a=-2 * std, b=2 * std)
+            if bias_init is not None:
+                nn.init.constant_(linear.bias, float(bias_init))
+            layers: list[nn.Module] = [linear]
             if batch_norm:
                 layers.append(nn.BatchNorm1d(width))
             layers.append(_activation(activation))

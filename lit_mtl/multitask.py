@@ -25,7 +25,13 @@ from lit_mtl.epoch_metrics import EpochRankingMetrics, EpochTaskMetrics
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec, product_logit
 from lit_mtl.weighting import EqualWeighting, Weighting
 
-__all__ = ["MultiTaskModule", "TaskBatch", "unpack_batch", "unpack_task_batch"]
+__all__ = [
+    "MultiTaskModule",
+    "TaskBatch",
+    "split_weight_decay",
+    "unpack_batch",
+    "unpack_task_batch",
+]
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +157,30 @@ def _check_task_relations(specs: Sequence[TaskSpec], selected: Sequence[str]) ->
 _Module = TypeVar("_Module", bound="MultiTaskModule")
 
 
+def split_weight_decay(groups: Sequence[dict]) -> list[dict]:
+    """Each param group in two: its parameters of two or more dimensions as they were, the
+    others (biases, norms' scales) with ``weight_decay=0`` (named ``{name}/no_decay``);
+    empty groups are left out.
+
+    >>> groups = split_weight_decay([{"params": list(nn.Linear(2, 3).parameters()), "name": "a"}])
+    >>> [(g["name"], len(g["params"]), g.get("weight_decay")) for g in groups]
+    [('a', 1, None), ('a/no_decay', 1, 0.0)]
+    """
+    out: list[dict] = []
+    for group in groups:
+        params = list(group["params"])
+        matrices = [p for p in params if p.dim() >= 2]
+        vectors = [p for p in params if p.dim() < 2]
+        if matrices:
+            out.append({**group, "params": matrices})
+        if vectors:
+            name = group.get("name", f"group{len(out)}")
+            out.append(
+                {**group, "params": vectors, "name": f"{name}/no_decay", "weight_decay": 0.0}
+            )
+    return out
+
+
 class _TaskLosses(NamedTuple):
     """One forward pass over the tasks (:meth:`MultiTaskModule._task_losses`)."""
 
@@ -212,6 +242,15 @@ class MultiTaskModule(L.LightningModule):
             (:class:`~lit_mtl.epoch_metrics.EpochRankingMetrics`; the field's numbers on
             MoleculeNet). A task whose entries lack a positive or a negative gets none (said
             once). Off by default: it keeps every labelled score of the epoch.
+        weighted_loss_denominator: with per-sample weights in the batch, a task's loss is
+            ``sum w l`` over its labelled entries divided by ``sum w`` (``"weights"``) or by the
+            batch size (``"batch"``: DeepChem's 2017 networks, where the balancing weights and
+            the share of missing labels also scale the loss against an L2 penalty).
+        decay_matrices_only: the optimizer's weight decay applies to parameters with two or
+            more dimensions only (weight matrices and kernels); biases, norms' scales and other
+            vectors get ``weight_decay=0`` (each param group split in two). With
+            ``torch.optim.Adam(weight_decay=lam)`` this is TensorFlow-era DeepChem's
+            ``penalty * sum ||W||^2 / 2`` over the weight matrices.
 
     Logged: ``train/loss`` every step; per task, ``train/{task}/loss`` and
     ``train/{task}/weight`` (the step's values) on the steps the trainer writes logs
@@ -247,6 +286,8 @@ class MultiTaskModule(L.LightningModule):
         gradient_conflicts_every: int | None = None,
         encoder_pass: Literal["concatenated", "per_task"] = "concatenated",
         ranking_metrics: bool = False,
+        weighted_loss_denominator: Literal["weights", "batch"] = "weights",
+        decay_matrices_only: bool = False,
     ) -> None:
         super().__init__()
         # Under the lit-mtl CLI the hyperparameters are the parsed config (class_path/init_args
@@ -301,7 +342,12 @@ class MultiTaskModule(L.LightningModule):
             if spec.name not in heads and callable(make_head) and spec.product_of is None:
                 heads[spec.name] = make_head(spec)
         self.tasks = nn.ModuleDict(
-            {s.name: Task(s, width, heads.get(s.name), dense_reduction) for s in specs}
+            {
+                s.name: Task(
+                    s, width, heads.get(s.name), dense_reduction, weighted_loss_denominator
+                )
+                for s in specs
+            }
         )
         self.dense_reduction = dense_reduction
         if gradient_conflicts_every is not None and int(gradient_conflicts_every) < 1:
@@ -351,6 +397,7 @@ class MultiTaskModule(L.LightningModule):
             if ranking_metrics
         }
         self._unranked_said: set[tuple[str, str]] = set()
+        self.decay_matrices_only = bool(decay_matrices_only)
         # where each task's labelled count sits in the concatenated statistics of a step
         counts_at = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.long)
         self.register_buffer("_count_positions", counts_at, persistent=False)
@@ -960,7 +1007,10 @@ class MultiTaskModule(L.LightningModule):
         return groups + self.weighting.parameter_groups()
 
     def configure_optimizers(self) -> Any:
-        optimizer = self.optimizer_factory(self.parameter_groups())
+        groups = self.parameter_groups()
+        if self.decay_matrices_only:
+            groups = split_weight_decay(groups)
+        optimizer = self.optimizer_factory(groups)
         if self.lr_scheduler_factory is None:
             return optimizer
         scheduler = self.lr_scheduler_factory(optimizer)

@@ -230,11 +230,22 @@ class DenseHead(nn.Sequential):
         )
 
 
-def _weighted_mean(per_elem: Tensor, present: Tensor, weight: Tensor) -> Tensor:
-    """``sum w l / sum w`` over the labelled entries, ``w`` (N,) broadcast over each sample's
-    entries; 0 (in the graph) when no labelled entry has weight."""
+#: what a weighted task loss ``sum_i w_i l_i`` is divided by
+WEIGHTED_DENOMINATORS = ("weights", "batch")
+
+
+def _weighted_mean(
+    per_elem: Tensor, present: Tensor, weight: Tensor, denominator: str = "weights"
+) -> Tensor:
+    """``sum w l`` over the labelled entries, ``w`` (N,) broadcast over each sample's entries,
+    divided by ``sum w`` over them (``"weights"``: 0, in the graph, when no labelled entry has
+    weight) or by the number of entries in the batch, labelled or not (``"batch"``: DeepChem's
+    2017 networks, whose balancing weights then also scale the loss)."""
     w = weight.reshape(-1, *([1] * (per_elem.dim() - 1))) * present
-    return (per_elem * w).sum() / w.sum().clamp(min=torch.finfo(torch.float32).tiny)
+    total = (per_elem * w).sum()
+    if denominator == "batch":
+        return total / max(per_elem.numel(), 1)
+    return total / w.sum().clamp(min=torch.finfo(torch.float32).tiny)
 
 
 def product_logit(logits: Sequence[Tensor]) -> Tensor:
@@ -275,8 +286,15 @@ class Task(nn.Module):
         in_features: int,
         head: nn.Module | None = None,
         reduction: str = "pooled",
+        weighted_denominator: str = "weights",
     ) -> None:
         super().__init__()
+        if weighted_denominator not in WEIGHTED_DENOMINATORS:
+            raise ValueError(
+                f"task {spec.name!r}: weighted_loss_denominator must be one of "
+                f"{WEIGHTED_DENOMINATORS}, got {weighted_denominator!r}"
+            )
+        self.weighted_denominator = weighted_denominator
         if reduction not in DENSE_REDUCTIONS:
             raise ValueError(
                 f"task {spec.name!r}: dense reduction must be one of {DENSE_REDUCTIONS}, got "
@@ -547,7 +565,8 @@ class Task(nn.Module):
 
         ``weight``: per-sample weights (N,), finite and >= 0: the loss is the weighted mean
         ``sum_i w_i l_i / sum_i w_i`` over the labelled entries (a sample's pixels or outputs
-        share its weight); the metrics stay unweighted.
+        share its weight), or ``sum_i w_i l_i / N`` with ``weighted_denominator="batch"``; the
+        metrics stay unweighted.
         """
         kind = self.spec.kind
         if weight is not None:
@@ -580,7 +599,7 @@ class Task(nn.Module):
         if weight is None:
             loss = per_elem.sum() / count.clamp(min=1)
         else:
-            loss = _weighted_mean(per_elem, present, weight)
+            loss = _weighted_mean(per_elem, present, weight, self.weighted_denominator)
         if kind in ("regression", "dense_regression"):
             error = (pred.detach().float() - safe_target.float()) * present
             squared = per_elem.detach().sum()
@@ -628,7 +647,7 @@ class Task(nn.Module):
             per_pixel = (1.0 - cosine) * present
             stats = normal_statistics(p, safe_target, present, self.reduction)
         if weight is not None:
-            return _weighted_mean(per_pixel, present, weight), stats
+            return _weighted_mean(per_pixel, present, weight, self.weighted_denominator), stats
         return per_pixel.sum() / count.clamp(min=1), stats
 
     def _evaluate_fast(self, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

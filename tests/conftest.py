@@ -6,6 +6,7 @@ import io
 import logging
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ import torch
 from lit_mtl import MLPEncoder, MultiTaskModule, SyntheticDataModule, Weighting
 
 os.environ.setdefault("WANDB_MODE", "offline")
+# on-disk caches of the suite (the molecules' fingerprints) go to a temporary folder, not ~/.cache
+os.environ.setdefault("LIT_MTL_CACHE", tempfile.mkdtemp(prefix="lit_mtl_cache_"))
 warnings.filterwarnings("ignore", ".*does not have many workers.*")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -322,3 +325,16 @@ def write_celeba(root: Any, num_images: int = 9, width: int = 20, height: int = 
     }
     for filename, lines in files.items():
         (base / filename).write_text("\n".join(lines) + "\n")
+
+
+def write_smiles_table(path: Any, rows: int = 40) -> None:
+    """A tiny MoleculeNet-format CSV: a ``smiles`` column and two binary task columns (``a``,
+    ``b``), some cells empty (missing labels), both classes in every task."""
+    smiles = ["CCO", "c1ccccc1", "c1ccncc1", "Cc1ccccc1", "C1CCCCC1", "Oc1ccccc1", "CCN", "CCCl"]
+    lines = ["smiles,a,b"]
+    for i in range(rows):
+        a = "" if i % 7 == 3 else str(i % 2)
+        b = "" if i % 5 == 1 else str((i // 2) % 2)
+        lines.append(f"{smiles[i % len(smiles)]},{a},{b}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")

@@ -22,6 +22,7 @@ from conftest import (
     write_celeba,
     write_oxford_pet,
     write_scene_folders,
+    write_smiles_table,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,9 @@ def test_every_config_fits(config: Path, tmp_path: Path, monkeypatch: pytest.Mon
         write_oxford_pet(tmp_path / "data", size=40)
     if config.name == "celeba.yaml":
         write_celeba(tmp_path / "data")
+    if config.name == "tox21_mtnn.yaml":  # a tiny SMILES table where the config looks
+        pytest.importorskip("rdkit")
+        write_smiles_table(tmp_path / "data" / "moleculenet" / "tox21.csv")
     if "_transfer" in config.name:  # needs its source checkpoint first
         source = config.with_name(config.name.split("_transfer")[0] + "_source.yaml")
         build_cli(["fit", "--config", str(source), *FAST])

@@ -59,3 +59,16 @@ def test_bad_inputs_are_clear_errors() -> None:
         MLPEncoder(10, [4])(torch.randn(2, 7))
     with pytest.raises(ValueError, match=r"expects images \(N, 3, H, W\)"):
         CNNEncoder(3)(torch.randn(2, 1, 8, 8))
+
+
+def test_mlp_initialisation_as_tensorflow_truncated_normal() -> None:
+    torch.manual_seed(0)
+    encoder = MLPEncoder(300, [400, 50], weight_init_std=0.02, bias_init=1.0)
+    for block in encoder.blocks:
+        linear = block[0]
+        assert linear.weight.abs().max() <= 0.04  # truncated at two standard deviations
+        # the std of N(0, s) truncated at +-2 s is 0.880 s
+        assert linear.weight.std().item() == pytest.approx(0.880 * 0.02, rel=0.05)
+        assert torch.equal(linear.bias, torch.ones_like(linear.bias))
+    with pytest.raises(ValueError, match="weight_init_std must be > 0"):
+        MLPEncoder(3, [4], weight_init_std=0.0)

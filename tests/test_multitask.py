@@ -410,3 +410,29 @@ def test_a_conditional_task_alone_keeps_its_parent_condition() -> None:
             extra=[TaskSpec("click_convert", "binary", product_of=("click", "convert"))],
             select_tasks=["click", "click_convert"],
         )
+
+
+def test_weight_decay_on_matrices_only() -> None:
+    """Biases (and the uncertainty weighting's log variances) get weight_decay 0; the weight
+    matrices keep the optimizer's; the groups' other settings are kept."""
+    import functools
+
+    from lit_mtl import UncertaintyWeighting
+
+    module = MultiTaskModule(
+        MLPEncoder(4, [8, 8]),
+        [TaskSpec("a"), TaskSpec("b", "binary")],
+        UncertaintyWeighting(),
+        optimizer=functools.partial(torch.optim.Adam, lr=1e-3, weight_decay=0.1),
+        decay_matrices_only=True,
+        plots=False,
+    )
+    optimizer = module.configure_optimizers()
+    decays = {g["name"]: g["weight_decay"] for g in optimizer.param_groups}
+    assert decays["encoder"] == decays["heads"] == 0.1
+    assert decays["encoder/no_decay"] == decays["heads/no_decay"] == 0.0
+    assert all(
+        p.dim() >= 2 for g in optimizer.param_groups if g["weight_decay"] for p in g["params"]
+    )
+    count = sum(p.numel() for g in optimizer.param_groups for p in g["params"])
+    assert count == sum(p.numel() for p in module.parameters())

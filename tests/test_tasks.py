@@ -224,6 +224,25 @@ def test_sample_weights_give_the_weighted_mean_of_the_labelled_losses() -> None:
         task.evaluate(pred, target, weight=torch.tensor([1.0, -1.0, 1.0]))
 
 
+def test_weighted_losses_divided_by_the_batch_size() -> None:
+    """``weighted_denominator="batch"``: the same MSE terms 1, 4 (9 missing) with weights 2, 1,
+    5 give (2*1 + 1*4) / 3 samples = 2 (here equal to sum w = 3 by construction) and with
+    weights 4, 1, 5: (4 + 4) / 3 against (4 + 4) / 5 for "weights"."""
+    pred = torch.tensor([1.0, 2.0, 3.0])
+    target = torch.tensor([0.0, 0.0, float("nan")])
+    batch = Task(TaskSpec("r"), 4, weighted_denominator="batch")
+    weights = Task(TaskSpec("r"), 4)
+    w = torch.tensor([4.0, 1.0, 5.0])
+    assert batch.evaluate(pred, target, weight=w)[0].item() == pytest.approx(8 / 3)
+    assert weights.evaluate(pred, target, weight=w)[0].item() == pytest.approx(8 / 5)
+    depth = Task(TaskSpec("d", "depth"), 4, weighted_denominator="batch")
+    d_target = torch.full((2, 1, 2, 2), 3.0)
+    d_loss, _ = depth.evaluate(torch.ones(2, 1, 2, 2), d_target, weight=torch.tensor([1.0, 3.0]))
+    assert d_loss.item() == pytest.approx((4 * 2 * 1 + 4 * 2 * 3) / 8)  # 8 pixels
+    with pytest.raises(ValueError, match="weighted_loss_denominator must be one of"):
+        Task(TaskSpec("r"), 4, weighted_denominator="labelled")
+
+
 def test_product_logit_is_the_logit_of_the_product_of_probabilities() -> None:
     from lit_mtl.tasks import product_logit
 
