@@ -30,7 +30,6 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_mtl.functional.dense_metrics import DENSE_METRIC_DIRECTIONS
 from lit_mtl.functional.task_metrics import METRIC_DIRECTIONS
 from lit_mtl.tasks import TaskSpec, as_task_spec
 
@@ -44,15 +43,10 @@ __all__ = [
     "metric_directions",
 ]
 
-#: Direction of the metrics ``MultiTaskModule`` logs, by metric name.
+#: Direction of the metrics ``MultiTaskModule`` logs, by metric name (from the task kinds'
+#: :data:`~lit_mtl.functional.task_metrics.METRIC_DIRECTIONS`, each kind's primary metric first)
 HIGHER_IS_BETTER: dict[str, bool] = {
-    "acc": True,
-    "f1": True,
-    "mse": False,
-    "mae": False,
-    "auroc": True,  # ranking_metrics=True
-    "auprc": True,
-    **{name: higher for kind in DENSE_METRIC_DIRECTIONS.values() for name, higher in kind.items()},
+    name: higher for kind in METRIC_DIRECTIONS.values() for name, higher in kind.items()
 }
 
 DELTA_M_CONVENTIONS = ("metrics", "tasks")
