@@ -21,14 +21,13 @@ from torchmetrics import Metric
 
 from lit_mtl.functional.dense_metrics import (
     DENSE_REDUCTIONS,
-    dense_metrics_from_statistics,
-    dense_statistics_size,
     depth_statistics,
     depth_valid,
     normal_statistics,
     normal_valid,
     segmentation_statistics,
 )
+from lit_mtl.tasks.kinds import get_kind
 
 __all__ = ["DepthMetrics", "NormalMetrics", "SegmentationMetrics"]
 
@@ -44,7 +43,7 @@ class _DenseMetric(Metric):
             raise ValueError(f"reduction must be one of {DENSE_REDUCTIONS}, got {reduction!r}")
         self.num_outputs = int(num_outputs)
         self.reduction = reduction
-        size = dense_statistics_size(self.kind, self.num_outputs, reduction)
+        size = get_kind(self.kind).statistics_size(self.num_outputs, reduction)
         self.add_state("statistics", torch.zeros(size, dtype=torch.float64), "sum")
 
     def _add(self, statistics: Tensor) -> None:
@@ -52,9 +51,7 @@ class _DenseMetric(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """The set's metrics (``{}`` when nothing valid was seen)."""
-        return dense_metrics_from_statistics(
-            self.kind, self.num_outputs, self.statistics, self.reduction
-        )
+        return get_kind(self.kind).metrics(self.num_outputs, self.statistics, self.reduction)
 
 
 class SegmentationMetrics(_DenseMetric):

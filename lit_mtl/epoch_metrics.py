@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from lit_mtl.engines.distributed import all_gather_columns, all_reduce_sum
 from lit_mtl.functional.ranking_metrics import average_precision, roc_auc
-from lit_mtl.functional.task_metrics import metrics_from_statistics
 from lit_mtl.tasks import TaskSpec
 
 __all__ = ["EpochRankingMetrics", "EpochTaskMetrics"]
@@ -108,8 +107,8 @@ class EpochTaskMetrics(nn.Module):
                 values[f"{spec.name}/loss"] = loss_sums[i] / samples[i]
             stats = totals[offset : offset + size]
             offset += size
-            for name, value in metrics_from_statistics(
-                spec.kind, spec.num_outputs, stats, self.reduction
+            for name, value in spec.task_kind.metrics(
+                spec.num_outputs, stats, self.reduction
             ).items():
                 values[f"{spec.name}/{name}"] = value
         return values

@@ -24,14 +24,13 @@ one CAGrad published and Nash-MTL / FAMO reuse.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from lit_mtl.functional.task_metrics import METRIC_DIRECTIONS
-from lit_mtl.tasks import TaskSpec, as_task_spec
+from lit_mtl.tasks import TaskSpec, as_task_spec, metric_name_directions
 
 __all__ = [
     "DELTA_M_CONVENTIONS",
@@ -43,11 +42,23 @@ __all__ = [
     "metric_directions",
 ]
 
+
+class _MetricNameDirections(Mapping[str, bool]):
+    """``{metric name: higher is better}`` of every registered task kind, read when used."""
+
+    def __getitem__(self, name: str) -> bool:
+        return metric_name_directions()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(metric_name_directions())
+
+    def __len__(self) -> int:
+        return len(metric_name_directions())
+
+
 #: Direction of the metrics ``MultiTaskModule`` logs, by metric name (from the task kinds'
-#: :data:`~lit_mtl.functional.task_metrics.METRIC_DIRECTIONS`, each kind's primary metric first)
-HIGHER_IS_BETTER: dict[str, bool] = {
-    name: higher for kind in METRIC_DIRECTIONS.values() for name, higher in kind.items()
-}
+#: :attr:`~lit_mtl.tasks.TaskKind.metric_directions`, each kind's primary metric first)
+HIGHER_IS_BETTER: Mapping[str, bool] = _MetricNameDirections()
 
 DELTA_M_CONVENTIONS = ("metrics", "tasks")
 
@@ -86,7 +97,7 @@ def metric_directions(tasks: Sequence[TaskSpec | Mapping]) -> dict[str, bool]:
     """``{"task/metric": higher is better}`` for every metric the tasks log."""
     directions: dict[str, bool] = {}
     for spec in (as_task_spec(t) for t in tasks):
-        for name, higher in METRIC_DIRECTIONS[spec.kind].items():
+        for name, higher in spec.task_kind.metric_directions.items():
             directions[f"{spec.name}/{name}"] = higher
     return directions
 

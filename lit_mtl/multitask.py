@@ -383,14 +383,14 @@ class MultiTaskModule(L.LightningModule):
                 for stage in STAGES
             }
         )
-        binary = [i for i, task in enumerate(self.tasks.values()) if task.kind == "binary"]
-        if ranking_metrics and not binary:
+        ranked = [i for i, task in enumerate(self.tasks.values()) if task.task_kind.ranked]
+        if ranking_metrics and not ranked:
             raise ValueError(
                 "MultiTaskModule: ranking_metrics=True scores binary tasks, and none of "
                 f"{self.task_names} is binary"
             )
-        #: the binary tasks' positions, and the val/test accumulators of their scores
-        self._ranked_tasks = binary if ranking_metrics else []
+        #: the ranked (binary) tasks' positions, and the val/test accumulators of their scores
+        self._ranked_tasks = ranked if ranking_metrics else []
         self.epoch_ranking = {
             stage: EpochRankingMetrics([self.task_names[i] for i in self._ranked_tasks])
             for stage in ("val", "test")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from lit_mtl.compare.runner import RunResult
-from lit_mtl.functional.dense_metrics import DENSE_METRIC_DIRECTIONS
-from lit_mtl.metrics import HIGHER_IS_BETTER, delta_m, higher_is_better
+from lit_mtl.metrics import delta_m, higher_is_better
+from lit_mtl.tasks import get_kind, task_kinds
 
 __all__ = [
     "CONVENTION",
@@ -23,8 +23,17 @@ __all__ = [
     "write_plots",
 ]
 
-_DENSE_NAMES = {name for kind in DENSE_METRIC_DIRECTIONS.values() for name in kind}
-_PERCENT_NAMES = {"acc", "f1", "miou", "pix_acc", "within_11_25", "within_22_5", "within_30"}
+
+def _dense_reduction_metrics() -> set[str]:
+    """The metric names whose value depends on the dense reduction."""
+    kinds = (get_kind(name) for name in task_kinds())
+    return {metric for k in kinds if k.uses_dense_reduction for metric in k.metric_directions}
+
+
+def _percent_metrics() -> set[str]:
+    """The metric names shown in percent (shares in [0, 1])."""
+    return {metric for name in task_kinds() for metric in get_kind(name).percent_metrics}
+
 
 _REDUCTIONS = {
     "pooled": "dense metrics pooled over all valid pixels of the test split",
@@ -75,7 +84,8 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def has_dense_metrics(keys: Sequence[str]) -> bool:
     """Whether any ``task/metric`` key is a dense task's metric."""
-    return any(k.rsplit("/", 1)[-1] in _DENSE_NAMES for k in keys)
+    names = _dense_reduction_metrics()
+    return any(k.rsplit("/", 1)[-1] in names for k in keys)
 
 
 def summarize(
@@ -98,17 +108,13 @@ def summarize(
         if r.task is not None:
             stl.setdefault(r.seed, {}).update(r.metrics)
             stl_seconds[r.seed] = stl_seconds.get(r.seed, 0.0) + r.seconds_per_epoch
-    order = list(HIGHER_IS_BETTER)  # the primary metric (acc, mse) first within a task
-
-    def rank(key: str) -> int:
-        name = key.split("/", 1)[1]
-        return order.index(name) if name in order else len(order)
-
+    # a task's metrics in its kind's order (the primary metric, acc or mse, first), as the runs
+    # list them (metric_directions)
     keys = [
         k
         for t in task_names
-        for k in sorted((k for k in directions if k.startswith(t + "/")), key=rank)
-        if metrics is None or k.split("/", 1)[1] in metrics
+        for k in directions
+        if k.startswith(t + "/") and (metrics is None or k.split("/", 1)[1] in metrics)
     ]
     if not keys:
         raise ValueError(f"comparison: no metric selected by metrics={metrics}")
@@ -167,7 +173,7 @@ def _fmt(mean: float, std: float, digits: int = 2) -> str:
 
 def _metric_digits(key: str) -> tuple[float, int]:
     """Percent for accuracy-like metrics in [0, 1], else 3 significant decimals."""
-    if key.rsplit("/", 1)[-1] in _PERCENT_NAMES:
+    if key.rsplit("/", 1)[-1] in _percent_metrics():
         return 100.0, 1
     return 1.0, 3
 

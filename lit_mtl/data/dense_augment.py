@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["augment_batch", "scale_crop_flip"]
+from lit_mtl.tasks.kinds import get_kind
 
-#: how each dense target kind is resized
-_NEAREST = ("segmentation", "depth")
+__all__ = ["augment_batch", "scale_crop_flip"]
 
 
 def scale_crop_flip(
@@ -66,17 +65,11 @@ def scale_crop_flip(
     out_image = crop(image, "bilinear")
     out: dict[str, Tensor] = {}
     for name, target in targets.items():
-        kind = kinds.get(name, "")
-        if kind not in ("segmentation", "depth", "normals", "dense_regression"):
-            out[name] = target
+        kind = get_kind(kinds[name]) if name in kinds else None
+        if kind is None or kind.resize_mode is None:
+            out[name] = target  # not a map
             continue
-        value = crop(target, "nearest" if kind in _NEAREST else "bilinear")
-        if kind == "depth":
-            value = value / scale
-        elif kind == "normals" and mirror:
-            value = value.clone()
-            value[0] = -value[0]
-        out[name] = value
+        out[name] = kind.augmented_target(crop(target, kind.resize_mode), scale, mirror)
     return out_image, out
 
 

@@ -14,7 +14,6 @@ from lit_mtl.functional.aggregation import (
     upgrad_coefficients,
 )
 from lit_mtl.functional.loss_weighting import (
-    KIND_UNCERTAINTY_FORM,
     UNCERTAINTY_FORMS,
     db_mtl_ema,
     db_mtl_scales,
@@ -29,7 +28,6 @@ from lit_mtl.functional.loss_weighting import (
 from lit_mtl.functional.optim import adam_step
 
 __all__ = [
-    "KIND_UNCERTAINTY_FORM",
     "UNCERTAINTY_FORMS",
     "adam_step",
     "aligned_mtl_coefficients",

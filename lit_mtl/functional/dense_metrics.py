@@ -49,16 +49,17 @@ from torch import Tensor
 __all__ = [
     "ANGLE_BIN_DEGREES",
     "ANGLE_THRESHOLDS",
-    "DENSE_METRIC_DIRECTIONS",
     "DENSE_REDUCTIONS",
     "angle_errors",
-    "dense_metrics_from_statistics",
-    "dense_statistics_size",
+    "depth_metrics",
     "depth_statistics",
     "depth_valid",
     "exact_median",
+    "normal_metrics",
     "normal_statistics",
+    "normal_statistics_size",
     "normal_valid",
+    "segmentation_metrics",
     "segmentation_statistics",
 ]
 
@@ -67,37 +68,18 @@ ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
 ANGLE_BIN_DEGREES = 0.01
 _ANGLE_BINS = round(180.0 / ANGLE_BIN_DEGREES)
 
-#: metric names of the dense kinds, with whether higher is better
-DENSE_METRIC_DIRECTIONS: dict[str, dict[str, bool]] = {
-    "segmentation": {"miou": True, "pix_acc": True},
-    "depth": {"abs_err": False, "rel_err": False},
-    "normals": {
-        "angle_mean": False,
-        "angle_median": False,
-        "within_11_25": True,
-        "within_22_5": True,
-        "within_30": True,
-    },
-}
-
 
 def _check_reduction(reduction: str) -> None:
     if reduction not in DENSE_REDUCTIONS:
         raise ValueError(f"reduction must be one of {DENSE_REDUCTIONS}, got {reduction!r}")
 
 
-def dense_statistics_size(kind: str, num_outputs: int, reduction: str) -> int:
-    """Length of a dense task's statistics vector (the count included)."""
+def normal_statistics_size(reduction: str) -> int:
+    """Length of a normals task's statistics vector (the count included)."""
     _check_reduction(reduction)
-    if kind == "segmentation":
-        return 1 + 3 * num_outputs
-    if kind == "depth":
-        return 3
-    if kind == "normals":
-        if reduction == "pooled":  # count, sum, threshold counts, histogram
-            return 2 + len(ANGLE_THRESHOLDS) + _ANGLE_BINS
-        return 3 + len(ANGLE_THRESHOLDS)  # batches, mean, median, shares
-    raise ValueError(f"not a dense metric kind: {kind!r}")
+    if reduction == "pooled":  # count, sum, threshold counts, histogram
+        return 2 + len(ANGLE_THRESHOLDS) + _ANGLE_BINS
+    return 3 + len(ANGLE_THRESHOLDS)  # batches, mean, median, shares
 
 
 # ---------------------------------------------------------------------------- validity
@@ -188,34 +170,33 @@ def _histogram_median(histogram: Tensor, count: Tensor) -> Tensor:
     return ((bins.to(histogram.dtype) + 0.5) * ANGLE_BIN_DEGREES).mean()
 
 
-def dense_metrics_from_statistics(
-    kind: str, num_outputs: int, stats: Tensor, reduction: str
-) -> dict[str, Tensor]:
-    """A dense task's metrics from its summed statistics (float64 recommended); ``{}`` when
-    nothing was counted."""
+def segmentation_metrics(stats: Tensor, num_classes: int) -> dict[str, Tensor]:
+    """``miou`` (over the classes seen) and ``pix_acc`` from the summed confusion counts."""
+    c = num_classes
+    tp, fp, fn = stats[1 : 1 + c], stats[1 + c : 1 + 2 * c], stats[1 + 2 * c : 1 + 3 * c]
+    union = tp + fp + fn
+    seen = union > 0
+    iou = tp[seen] / union[seen]
+    return {"miou": iou.mean(), "pix_acc": tp.sum() / stats[0]}
+
+
+def depth_metrics(stats: Tensor) -> dict[str, Tensor]:
+    """``abs_err`` and ``rel_err`` from the summed depth statistics (either reduction)."""
+    return {"abs_err": stats[1] / stats[0], "rel_err": stats[2] / stats[0]}
+
+
+def normal_metrics(stats: Tensor, reduction: str) -> dict[str, Tensor]:
+    """The angle mean and median and the shares within 11.25 / 22.5 / 30 degrees from the
+    summed normals statistics of ``reduction``."""
     _check_reduction(reduction)
-    count = stats[0]
-    if count <= 0:
-        return {}
-    if kind == "segmentation":
-        c = num_outputs
-        tp, fp, fn = stats[1 : 1 + c], stats[1 + c : 1 + 2 * c], stats[1 + 2 * c : 1 + 3 * c]
-        union = tp + fp + fn
-        seen = union > 0
-        iou = tp[seen] / union[seen]
-        return {"miou": iou.mean(), "pix_acc": tp.sum() / count}
-    if kind == "depth":
-        return {"abs_err": stats[1] / count, "rel_err": stats[2] / count}
-    if kind == "normals":
-        k = len(ANGLE_THRESHOLDS)
-        if reduction == "pooled":
-            shares = stats[2 : 2 + k] / count
-            mean, median = stats[1] / count, _histogram_median(stats[2 + k :], count)
-        else:
-            shares = stats[3 : 3 + k] / count
-            mean, median = stats[1] / count, stats[2] / count
-        names = ("within_11_25", "within_22_5", "within_30")
-        out = {"angle_mean": mean, "angle_median": median}
-        out.update({name: shares[i] for i, name in enumerate(names)})
-        return out
-    raise ValueError(f"not a dense metric kind: {kind!r}")
+    count, k = stats[0], len(ANGLE_THRESHOLDS)
+    if reduction == "pooled":
+        shares = stats[2 : 2 + k] / count
+        mean, median = stats[1] / count, _histogram_median(stats[2 + k :], count)
+    else:
+        shares = stats[3 : 3 + k] / count
+        mean, median = stats[1] / count, stats[2] / count
+    names = ("within_11_25", "within_22_5", "within_30")
+    out = {"angle_mean": mean, "angle_median": median}
+    out.update({name: shares[i] for i, name in enumerate(names)})
+    return out

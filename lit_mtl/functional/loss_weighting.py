@@ -21,7 +21,6 @@ from torch import Tensor
 Array = Any
 
 __all__ = [
-    "KIND_UNCERTAINTY_FORM",
     "UNCERTAINTY_FORMS",
     "array_namespace",
     "db_mtl_ema",
@@ -76,18 +75,6 @@ UNCERTAINTY_FORMS: dict[str, tuple[float, float, float]] = {
     # von Mises-Fisher on the sphere, L = mean (1 - cos), concentration kappa = 1 / sigma^2:
     # -log vMF = kappa L - log kappa + const for large kappa; kappa* = 1 / L
     "von_mises_fisher": (1.0, 1.0, 1.0),
-}
-
-#: the form each task kind takes: the likelihood its loss is the negative log of
-KIND_UNCERTAINTY_FORM: dict[str, str] = {
-    "regression": "gaussian",  # MSE
-    "dense_regression": "gaussian",  # per-pixel MSE
-    "depth": "laplace",  # L1 over valid pixels
-    "normals": "von_mises_fisher",  # 1 - cosine
-    "binary": "classification",
-    "multiclass": "classification",
-    "multilabel": "classification",
-    "segmentation": "classification",  # pixel cross-entropy
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -13,6 +12,7 @@ from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.layer_norms import LayerNormEngine, PendingNorms
 from lit_mtl.functional.loss_weighting import array_namespace, gradnorm_weight_gradient
 from lit_mtl.functional.optim import adam_step
+from lit_mtl.tasks.kinds import get_kind
 from lit_mtl.weighting.base import Weighting, as_array_like, assign_where, widened
 
 __all__ = ["GradNorm", "gradnorm_weight_gradient"]
@@ -79,8 +79,9 @@ class GradNorm(Weighting):
         init = torch.full((num_tasks,), float("nan"))
         if self.initial_loss == "log_c":
             for i, kind in enumerate(task_kinds):
-                if kind in ("binary", "multilabel"):
-                    init[i] = math.log(2.0)  # multiclass: log C arrives through bind()
+                known = get_kind(kind).baseline_loss(None)  # 0/1 labels: log 2
+                if known is not None:
+                    init[i] = known  # multiclass: log C arrives through bind()
         self.add_state("initial_losses", init)
         self.add_state("exp_avg", torch.zeros(num_tasks))
         self.add_state("exp_avg_sq", torch.zeros(num_tasks))

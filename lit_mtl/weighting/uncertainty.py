@@ -9,12 +9,13 @@ from torch import Tensor, nn
 
 from lit_mtl.engines.context import StepContext
 from lit_mtl.functional.loss_weighting import (
-    KIND_UNCERTAINTY_FORM,
     UNCERTAINTY_FORMS,
     uncertainty_form_table,
     uncertainty_weighted_terms,
     uncertainty_weights,
 )
+from lit_mtl.tasks.kinds import get_kind
+from lit_mtl.tasks.kinds import task_kinds as registered_kinds
 from lit_mtl.weighting.base import Weighting
 
 __all__ = ["UncertaintyWeighting", "uncertainty_weighted_terms", "uncertainty_weights"]
@@ -38,8 +39,8 @@ class UncertaintyWeighting(Weighting):
 
     Args:
         num_tasks: T (optional when used inside a MultiTaskModule, which binds it to its tasks).
-        task_kinds: kind per task for drop-in use; the form of each kind is
-            :data:`~lit_mtl.functional.KIND_UNCERTAINTY_FORM`. Inside a MultiTaskModule the
+        task_kinds: kind per task for drop-in use; the form of each kind is its
+            :attr:`~lit_mtl.tasks.TaskKind.uncertainty_form`. Inside a MultiTaskModule the
             tasks' kinds are used.
         forms: the form per task by name (overrides the kinds; e.g. ``"laplace"`` for a
             regression task trained with an L1 loss).
@@ -96,13 +97,13 @@ class UncertaintyWeighting(Weighting):
             forms = self._given_forms
         else:
             kinds = list(task_kinds) if task_kinds is not None else ["regression"] * num_tasks
-            unknown = [k for k in kinds if k not in KIND_UNCERTAINTY_FORM]
+            unknown = [k for k in kinds if k not in registered_kinds()]
             if unknown:
                 raise ValueError(
                     f"UncertaintyWeighting: no uncertainty form for task kind(s) {unknown}; "
                     f"pass forms= (one of {sorted(UNCERTAINTY_FORMS)}) per task"
                 )
-            forms = [KIND_UNCERTAINTY_FORM[k] for k in kinds]
+            forms = [get_kind(k).uncertainty_form for k in kinds]
         self.forms = list(forms)
         # derived from the tasks' kinds (part of the model's arguments): not checkpointed
         self.add_state("form", uncertainty_form_table(self.forms), persistent=False)

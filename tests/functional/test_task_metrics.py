@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from lit_mtl import IGNORE_INDEX, Task, TaskSpec
-from lit_mtl.functional.task_metrics import metrics_from_statistics
 
 from conftest import torchmetrics_reference
 
@@ -49,11 +48,11 @@ def test_metrics_from_summed_statistics_equal_torchmetrics(kind: str, c: int) ->
                 metric.update(pred[present], target[present])
             else:
                 metric.update(pred, target.long())
-    ours = metrics_from_statistics(kind, c, total)
+    ours = task.metrics(total)
     assert set(ours) == set(metrics)
     for name, metric in metrics.items():
         assert ours[name].item() == pytest.approx(metric.compute().item(), rel=1e-6, abs=1e-7), name
 
 
 def test_no_labelled_entry_gives_no_metric() -> None:
-    assert metrics_from_statistics("regression", 1, torch.zeros(3)) == {}
+    assert Task(TaskSpec("t"), in_features=2).metrics(torch.zeros(3)) == {}
