@@ -57,8 +57,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from lit_mtl import CGC, MLPEncoder, MMoE, MMoESyntheticDataModule, OMoE
-from lit_mtl.architectures import Tower
 from lit_mtl.data.mmoe_synthetic import GOOGLE_RESEARCH_CONSTANTS
+from lit_mtl.models import Tower
 
 ARCHITECTURES = ("shared-bottom", "omoe", "mmoe", "cgc")
 TASKS = ("task1", "task2")

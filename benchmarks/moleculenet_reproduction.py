@@ -41,7 +41,7 @@ from torch import Tensor
 
 from lit_mtl import MLPEncoder, MultiTaskModule
 from lit_mtl.data.molecules import MoleculeNetDataModule
-from lit_mtl.encoders import Encoder
+from lit_mtl.models import Encoder
 
 #: DeepChem's README at 2af0ba37, Tox21, mean ROC-AUC (train, valid) by split
 PUBLISHED = {

@@ -1,6 +1,5 @@
 """lit_mtl: PyTorch Lightning building blocks for multi-task and transfer learning."""
 
-from lit_mtl.architectures import CGC, PLE, CrossStitch, MMoE, OMoE
 from lit_mtl.averaging import EMA, SWA
 from lit_mtl.data import (
     CelebADataModule,
@@ -20,17 +19,26 @@ from lit_mtl.data import (
     SyntheticDataModule,
     TorchvisionDataModule,
 )
-from lit_mtl.dense_encoders import (
+from lit_mtl.dense_metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
+from lit_mtl.models import (
+    CGC,
+    PLE,
+    CNNEncoder,
+    Conv1dEncoder,
+    CrossStitch,
     DenseCNNEncoder,
     DilatedResNetEncoder,
+    Encoder,
+    MLPEncoder,
+    MMoE,
+    OMoE,
     SegNetEncoder,
     SegNetMTAN,
+    TimmEncoder,
+    TorchvisionEncoder,
 )
-from lit_mtl.dense_metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
-from lit_mtl.encoders import CNNEncoder, Conv1dEncoder, Encoder, MLPEncoder, TorchvisionEncoder
 from lit_mtl.multitask import MultiTaskModule, TaskBatch, unpack_batch, unpack_task_batch
 from lit_mtl.tasks import IGNORE_INDEX, Task, TaskSpec, product_logit
-from lit_mtl.timm_encoders import TimmEncoder
 from lit_mtl.transfer import (
     TransferModule,
     UnfreezeSchedule,

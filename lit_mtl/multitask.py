@@ -20,8 +20,9 @@ from torch import Tensor, nn
 from lit_mtl.checkpoints import check_checkpoint_file, unsafe_error
 from lit_mtl.diagnostics import GateUsage, conflict_share, gradient_cosines, pair_names
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
-from lit_mtl.engines.representation import RepresentationEngine, gradients_of
+from lit_mtl.engines.representation import gradients_of
 from lit_mtl.epoch_metrics import EpochRankingMetrics, EpochTaskMetrics
+from lit_mtl.models.base import encoder_hooks
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec, product_logit
 from lit_mtl.weighting import EqualWeighting, Weighting
 
@@ -334,13 +335,13 @@ class MultiTaskModule(L.LightningModule):
         self._derived = [s.name for s in specs if s.product_of is not None]
 
         self.encoder = encoder
-        bind_tasks = getattr(encoder, "bind_tasks", None)  # architectures with per-task parts
-        if callable(bind_tasks):
-            bind_tasks(self._headed)
-        make_head = getattr(encoder, "make_head", None)
+        hooks = encoder_hooks(encoder)  # the encoder contract (lit_mtl.models.base)
+        hooks.bind_tasks(self._headed)  # architectures build their per-task parts
         for spec in specs:
-            if spec.name not in heads and callable(make_head) and spec.product_of is None:
-                heads[spec.name] = make_head(spec)
+            if spec.name not in heads and spec.product_of is None:
+                head = hooks.make_head(spec)
+                if head is not None:
+                    heads[spec.name] = head
         self.tasks = nn.ModuleDict(
             {
                 s.name: Task(
@@ -363,8 +364,7 @@ class MultiTaskModule(L.LightningModule):
         #: (global step, (T, T) cosines) of the last conflict measurement
         self.last_gradient_cosines: tuple[int, Tensor] | None = None
         # mixture-of-experts encoders: the epoch's expert use per task
-        gated = hasattr(encoder, "last_gate_weights")
-        self.gate_usage = GateUsage(names) if gated else None
+        self.gate_usage = GateUsage(names) if hooks.gated else None
         #: the last epoch's {task: (mean gate weight per expert, mean gate entropy)}
         self.last_expert_use: dict[str, tuple[Tensor, Tensor]] = {}
         self.weighting = weighting if weighting is not None else EqualWeighting()
@@ -457,16 +457,12 @@ class MultiTaskModule(L.LightningModule):
 
     def _differentiates_representation(self) -> bool:
         """Whether the weighting takes per-task gradients w.r.t. the representation z."""
-        engine = getattr(self.weighting, "engine", None)
-        target = getattr(self.weighting, "target", None)
-        return isinstance(engine, RepresentationEngine) or target == "representation"
+        return self.weighting.differentiates_representation
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The encoder's trainable shared parameters (the target of parameter-gradient methods):
         all of them, or those the encoder declares (``encoder.shared_parameters()``)."""
-        declared = getattr(self.encoder, "shared_parameters", None)
-        source = declared() if callable(declared) else self.encoder.parameters()
-        return [p for p in source if p.requires_grad]
+        return [p for p in encoder_hooks(self.encoder).shared_parameters() if p.requires_grad]
 
     def forward(self, x: Tensor) -> dict[str, Tensor]:
         """Predictions by task name: raw outputs (logits for classification tasks; a derived
@@ -835,8 +831,9 @@ class MultiTaskModule(L.LightningModule):
             recompute_losses=lambda: self._recompute_losses(parsed),
         )
         loss = self.weighting(context)  # its post-step update runs after the optimizer step
-        if self.gate_usage is not None and self.encoder.last_gate_weights:  # gated experts
-            self.gate_usage.update(self.encoder.last_gate_weights)
+        gates = encoder_hooks(self.encoder).gate_weights() if self.gate_usage is not None else []
+        if gates:  # gated experts
+            self.gate_usage.update(gates)
         every = self.gradient_conflicts_every
         if every is not None and self.global_step % int(every) == 0:
             self._measure_conflicts(step.losses)
@@ -847,14 +844,13 @@ class MultiTaskModule(L.LightningModule):
 
     def expert_labels(self, task: int, count: int) -> list[str]:
         """Names of the experts task ``task``'s gate weighs (the encoder's, else expert0...)."""
-        labels = getattr(self.encoder, "expert_labels", None)
-        names = list(labels(task)) if callable(labels) else []
+        names = list(encoder_hooks(self.encoder).expert_labels(task))
         return names if len(names) == count else [f"expert{e}" for e in range(count)]
 
     def _measure_conflicts(self, losses: Sequence[Tensor]) -> None:
         """The step's task-gradient cosines: from the weighting's Gramian, or from per-task
         gradients w.r.t. the shared parameters (averaged over DDP ranks)."""
-        gramian = getattr(self.weighting, "last_gramian", None)
+        gramian = self.weighting.last_gramian
         if gramian is None:
             per_param = gradients_of(losses, [True] * len(losses), self.shared_parameters())
             t = len(losses)

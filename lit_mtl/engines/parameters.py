@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.jacobian import Injection, TaskJacobian
 from lit_mtl.engines.representation import gradients_of, representation_gradients, scaled_losses
+from lit_mtl.models.base import encoder_hooks
 
 __all__ = ["ParameterEngine", "resolve_shared_target"]
 
@@ -31,31 +32,17 @@ log = logging.getLogger(__name__)
 def resolve_shared_target(encoder: nn.Module, target: str) -> list[nn.Parameter]:
     """Parameters of ``encoder`` named by ``target``.
 
-    ``"shared"``: every trainable parameter, or the encoder's ``shared_parameters()`` where it
-    declares them (:mod:`lit_mtl.architectures`); ``"last_shared_layer"``: the weight of the
-    encoder's ``last_shared_layer()`` if it defines one, else of its last module with a weight
-    that is not a normalisation layer (GradNorm's W); otherwise the name of an encoder parameter
+    ``"shared"``: the encoder's ``shared_parameters()`` (every trainable parameter unless an
+    architecture declares a subset: :mod:`lit_mtl.models.base`); ``"last_shared_layer"``: the
+    weight of the encoder's ``last_shared_layer()`` (by default its last module with a weight
+    that is not a normalisation layer: GradNorm's W); otherwise the name of an encoder parameter
     or submodule.
     """
+    hooks = encoder_hooks(encoder)  # the encoder contract (lit_mtl.models.base)
     if target == "shared":
-        declared = getattr(encoder, "shared_parameters", None)  # an architecture's own answer
-        source = declared() if callable(declared) else encoder.parameters()
-        params = [p for p in source if p.requires_grad]
+        params = [p for p in hooks.shared_parameters() if p.requires_grad]
     elif target == "last_shared_layer":
-        finder = getattr(encoder, "last_shared_layer", None)
-        if finder is not None:
-            layer = finder()
-        else:
-            layers = [
-                m
-                for m in encoder.modules()
-                if isinstance(getattr(m, "weight", None), nn.Parameter)
-                and not isinstance(m, nn.modules.batchnorm._NormBase | nn.LayerNorm)
-            ]
-            if not layers:
-                raise ValueError(f"{type(encoder).__name__} has no layer with a weight")
-            layer = layers[-1]
-        params = [layer.weight]
+        params = [hooks.last_shared_layer().weight]
     else:
         named_params = dict(encoder.named_parameters())
         named_modules = dict(encoder.named_modules())
@@ -97,8 +84,8 @@ class ParameterEngine:
         """Resolve the target in the encoder (a plain list: the encoder owns the parameters)."""
         self.params = resolve_shared_target(encoder, self.target)
         # "shared" covers the whole encoder unless the encoder declares a subset (architectures)
-        self.whole_encoder = self.target == "shared" and not callable(
-            getattr(encoder, "shared_parameters", None)
+        self.whole_encoder = (
+            self.target == "shared" and not encoder_hooks(encoder).declares_shared_parameters
         )
 
     def parameters_for(self, ctx: StepContext, owner: str) -> tuple[list[Tensor], bool]:

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_mtl.checkpoints import UnsafeCheckpointError, check_checkpoint_file, read_checkpoint
+from lit_mtl.models.base import Encoder
 
 __all__ = [
     "HF_WEIGHT_FILES",
@@ -174,7 +175,7 @@ def _check_architecture(target: nn.Module, folder: Path) -> None:
     """A folder whose config.json names another architecture than the target's encoder
     (``architecture`` of a :class:`~lit_mtl.TimmEncoder`) is an error naming both."""
     recorded = hf_folder_architecture(folder)
-    built = {getattr(m, "architecture", None) for m in target.modules()} - {None}
+    built = {m.architecture for m in target.modules() if isinstance(m, Encoder)} - {None}
     if recorded and built and recorded not in built:
         raise ValueError(
             f"source folder {str(folder)!r} holds a {recorded!r} (config.json) but the target is "
@@ -187,9 +188,8 @@ def replaced_source_keys(target: nn.Module) -> list[str]:
     submodule's ``replaced_source_keys()``, prefixed with the submodule's path."""
     out = []
     for path, module in target.named_modules():
-        declared = getattr(module, "replaced_source_keys", None)
-        if callable(declared):
-            out += [f"{path}.{key}" if path else key for key in declared()]
+        if isinstance(module, Encoder):
+            out += [f"{path}.{key}" if path else key for key in module.replaced_source_keys()]
     return out
 
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from lit_mtl.checkpoints import file_sha256
+from lit_mtl.models.base import encoder_hooks
 from lit_mtl.multitask import MultiTaskModule
 from lit_mtl.tasks import TaskSpec
 from lit_mtl.transfer.l2sp import is_l2sp_weight, l2sp_penalty
@@ -44,13 +45,7 @@ def resolve_layer_groups(
                     groups[g].append(module)
                     break
     else:
-        finder = getattr(encoder, "layer_groups", None)
-        if finder is None:
-            raise ValueError(
-                f"{type(encoder).__name__} has no layer_groups(); pass layer_groups="
-                "{group: [module-name regex, ...]}"
-            )
-        groups = OrderedDict(finder())
+        groups = OrderedDict(encoder_hooks(encoder).layer_groups())
     covered = {id(p) for mods in groups.values() for m in mods for p in m.parameters()}
     stray = [n for n, p in encoder.named_parameters() if id(p) not in covered]
     if stray:

@@ -106,6 +106,9 @@ class Weighting(nn.Module):
     #: True for methods that differentiate the task losses w.r.t. z: the module then feeds each
     #: head its own view of z (:func:`~lit_mtl.task_views`) and puts the views in the context
     uses_task_representations: ClassVar[bool] = False
+    #: what a gradient-based method differentiates (``"representation"``, ``"shared"``,
+    #: ``"last_shared_layer"`` or an encoder module / parameter name); None for loss-based ones
+    target: str | None = None
 
     def __init__(self, num_tasks: int | None = None) -> None:
         super().__init__()
@@ -121,6 +124,8 @@ class Weighting(nn.Module):
         #: the last training step's recompute function (FAMO) and shared parameters (drop-in)
         self._last_recompute: Any = None
         self._last_shared: tuple[Tensor, ...] | None = None
+        #: the step's T x T Gramian where the method computes one (the diagnostics read it)
+        self.last_gramian: Tensor | None = None
         self.add_state("last_weights", torch.empty(0), persistent=False)
         if self._num_tasks is not None:
             self._build(self._num_tasks, ["regression"] * self._num_tasks)
@@ -187,6 +192,12 @@ class Weighting(nn.Module):
             getattr(self, name).copy_(self._state_specs[name][0])
 
     # ------------------------------------------------------------------ binding
+    @property
+    def differentiates_representation(self) -> bool:
+        """Whether the method takes per-task gradients w.r.t. the representation z (each task's
+        loss must then read only its own view of z)."""
+        return self.target == "representation"
+
     @property
     def num_tasks(self) -> int:
         if self._num_tasks is None:

@@ -21,8 +21,8 @@ from lit_mtl import (
     PCGrad,
     UPGrad,
 )
-from lit_mtl.architectures import gate_dropout
 from lit_mtl.data.mmoe_synthetic import make_mmoe_synthetic, mmoe_functions
+from lit_mtl.models import gate_dropout
 
 from conftest import assert_resumes_identically, fast_trainer, small_data
 
