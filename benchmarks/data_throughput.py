@@ -40,7 +40,7 @@ from lit_mtl import (
     SyntheticDataModule,
     TorchvisionDataModule,
 )
-from lit_mtl.multitask import unpack_batch
+from lit_mtl.tasks.batch import unpack_batch
 
 
 def write_mnist(root: Path, n: int) -> None:

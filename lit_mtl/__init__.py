@@ -37,8 +37,9 @@ from lit_mtl.models import (
     TimmEncoder,
     TorchvisionEncoder,
 )
-from lit_mtl.multitask import MultiTaskModule, TaskBatch, unpack_batch, unpack_task_batch
+from lit_mtl.multitask import MultiTaskModule
 from lit_mtl.tasks import IGNORE_INDEX, Task, TaskSpec, product_logit
+from lit_mtl.tasks.batch import TaskBatch, unpack_batch, unpack_task_batch
 from lit_mtl.transfer import (
     TransferModule,
     UnfreezeSchedule,

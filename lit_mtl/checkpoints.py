@@ -13,12 +13,13 @@ import hashlib
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, TypeVar
 
 import torch
 
 __all__ = [
     "UnsafeCheckpointError",
+    "WeightsOnlyLoading",
     "check_checkpoint_file",
     "file_sha256",
     "read_checkpoint",
@@ -84,3 +85,42 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_Module = TypeVar("_Module")
+
+
+class WeightsOnlyLoading:
+    """Mixin for a LightningModule: ``load_from_checkpoint`` that never unpickles code."""
+
+    @classmethod
+    def load_from_checkpoint(  # type: ignore[override]
+        cls: type[_Module],
+        checkpoint_path: str | Path | IO[bytes],
+        map_location: Any = None,
+        hparams_file: str | Path | None = None,
+        strict: bool | None = None,
+        weights_only: bool = True,
+        **kwargs: Any,
+    ) -> _Module:
+        """Lightning's ``load_from_checkpoint``, with ``weights_only=True`` always (a pickled
+        object in the file never runs, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says) and
+        errors that name the file (missing, empty, truncated, not a checkpoint, unsafe)."""
+        if not weights_only:
+            raise ValueError(
+                "load_from_checkpoint(weights_only=False): lit_mtl reads checkpoints with "
+                "weights_only=True only (a pickled object in a checkpoint would run code)"
+            )
+        if isinstance(checkpoint_path, str | Path) and "://" not in str(checkpoint_path):
+            check_checkpoint_file(checkpoint_path, "checkpoint")
+        try:
+            return super().load_from_checkpoint(  # type: ignore[misc]
+                checkpoint_path,
+                map_location=map_location,
+                hparams_file=hparams_file,
+                strict=strict,
+                weights_only=True,
+                **kwargs,
+            )
+        except pickle.UnpicklingError as err:
+            raise unsafe_error(Path(str(checkpoint_path)), "checkpoint", err) from err

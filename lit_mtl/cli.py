@@ -20,6 +20,7 @@ from typing import Any
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
+from lit_mtl._lightning import CHECKED_LIGHTNING, last_checkpoints, missing_private_apis
 from lit_mtl.checkpoints import read_checkpoint
 
 __all__ = ["MultiTaskCLI", "ResumeConflictError", "build_cli", "model_config_conflicts"]
@@ -140,7 +141,7 @@ class MultiTaskCLI(LightningCLI):
         for callback in self.trainer.checkpoint_callbacks:
             if isinstance(callback, ModelCheckpoint):
                 folders.append(str(callback.dirpath))
-                candidates |= set(callback._find_last_checkpoints(self.trainer))
+                candidates |= last_checkpoints(callback, self.trainer)
         existing = [Path(p) for p in candidates if Path(p).is_file()]
         if not existing:
             where = (
@@ -221,6 +222,12 @@ def build_cli(args: ArgsType = None, *, run: bool = True) -> MultiTaskCLI:
     import lightning as L
 
     _quiet()
+    missing = missing_private_apis()
+    if missing:  # the CLI's resume checks would silently stop applying
+        raise RuntimeError(
+            f"lit-mtl's CLI needs Lightning internals this Lightning {L.__version__} lacks: "
+            f"{missing}; use a Lightning release in {CHECKED_LIGHTNING[0]}..{CHECKED_LIGHTNING[1]}"
+        )
 
     from lit_mtl.multitask import MultiTaskModule
     from lit_mtl.tracking import LogConfigCallback

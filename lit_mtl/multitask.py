@@ -5,181 +5,47 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import pickle
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import IO, Any, Literal, NamedTuple, TypeVar
+from typing import Any, Literal, NamedTuple
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_mtl.checkpoints import check_checkpoint_file, unsafe_error
+from lit_mtl._lightning import hyperparameters_from_cli, logs_this_step
+from lit_mtl._moved import moved_names
+from lit_mtl.checkpoints import WeightsOnlyLoading
 from lit_mtl.diagnostics import GateUsage, conflict_share, gradient_cosines, pair_names
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
 from lit_mtl.engines.representation import gradients_of
 from lit_mtl.epoch_metrics import EpochRankingMetrics, EpochTaskMetrics
+from lit_mtl.functional.optim import split_weight_decay
 from lit_mtl.models.base import encoder_hooks
-from lit_mtl.tasks import Task, TaskSpec, as_task_spec, product_logit
+from lit_mtl.tasks import Task, TaskSpec, as_task_spec
+from lit_mtl.tasks.batch import (
+    Batch,
+    TaskBatch,
+    check_targets,
+    is_multi_input,
+    shared_inputs,
+    total_batch_size,
+    unpack_task_batch,
+)
+from lit_mtl.tasks.relations import check_task_relations, conditional_mask, with_derived
 from lit_mtl.weighting import EqualWeighting, Weighting
 
-__all__ = [
-    "MultiTaskModule",
-    "TaskBatch",
-    "split_weight_decay",
-    "unpack_batch",
-    "unpack_task_batch",
-]
+__all__ = ["MultiTaskModule"]
+
+#: moved to lit_mtl.tasks.batch (still importable from here, with a DeprecationWarning)
+__getattr__ = moved_names(__name__, "lit_mtl.tasks.batch", ["unpack_batch"])
 
 log = logging.getLogger(__name__)
 
 _MODULE_ARGS = ["encoder", "weighting", "heads", "optimizer", "lr_scheduler"]
 
-Batch = Any
 STAGES = ("train", "val", "test")
-
-
-class TaskBatch(NamedTuple):
-    """One batch of inputs with its targets, masks and sample weights by task name."""
-
-    inputs: Any
-    targets: Mapping[str, Tensor]
-    masks: Mapping[str, Tensor]
-    weights: Mapping[str, Tensor]
-
-
-def unpack_task_batch(batch: Batch) -> TaskBatch:
-    """Split a batch into its inputs and its targets, masks and sample weights by task.
-
-    Accepted forms: ``(x, targets)``, ``(x, targets, masks)``, ``(x, targets, masks, weights)``
-    or a mapping with keys ``inputs``, ``targets`` and optionally ``masks`` and ``weights``.
-    ``targets``/``masks``/``weights`` map task names to tensors (weights: (N,) per sample).
-    """
-    if isinstance(batch, Mapping):
-        if "inputs" not in batch or "targets" not in batch:
-            raise ValueError(
-                f"a dict batch needs the keys 'inputs' and 'targets', got {sorted(batch)}"
-            )
-        return TaskBatch(
-            batch["inputs"], batch["targets"], batch.get("masks") or {}, batch.get("weights") or {}
-        )
-    if isinstance(batch, list | tuple) and len(batch) in (2, 3, 4):
-        x, targets = batch[0], batch[1]
-        masks = batch[2] if len(batch) >= 3 else {}
-        weights = batch[3] if len(batch) == 4 else {}
-        return TaskBatch(x, targets, masks or {}, weights or {})
-    raise ValueError(
-        "a batch must be (inputs, targets), (inputs, targets, masks), (inputs, targets, masks, "
-        "weights), a dict with 'inputs' and 'targets', or (multi-input) a dict {task: batch}; "
-        f"got {type(batch).__name__}"
-        + (f" of length {len(batch)}" if isinstance(batch, list | tuple) else "")
-    )
-
-
-def unpack_batch(batch: Batch) -> tuple[Tensor, Mapping[str, Tensor], Mapping[str, Tensor]]:
-    """Split a batch into (inputs, targets by task, masks by task); see
-    :func:`unpack_task_batch` for the accepted forms."""
-    parsed = unpack_task_batch(batch)
-    return parsed.inputs, parsed.targets, parsed.masks
-
-
-def _is_multi_input(batch: Batch) -> bool:
-    """A mapping ``{task: batch}`` (each task its own inputs), not ``{"inputs": ..., ...}``."""
-    return isinstance(batch, Mapping) and "inputs" not in batch and "targets" not in batch
-
-
-def _shared_inputs(parts: Mapping[str, TaskBatch], names: Sequence[str]) -> TaskBatch | None:
-    """The one batch of a multi-input step whose tasks all read the same input tensor (equal
-    values), with every task's own target, mask and weight; None otherwise. Costs one
-    comparison per task (a host read on an accelerator)."""
-    if any(name not in parts for name in names):
-        return None
-    first = parts[names[0]].inputs
-    for name in names[1:]:
-        x = parts[name].inputs
-        if not (
-            isinstance(x, Tensor)
-            and isinstance(first, Tensor)
-            and x.shape == first.shape
-            and (x is first or torch.equal(x, first))
-        ):
-            return None
-    pick = {
-        field: {
-            name: getattr(parts[name], field)[name]
-            for name in names
-            if name in getattr(parts[name], field)
-        }
-        for field in ("targets", "masks", "weights")
-    }
-    for name in names:  # a conditional task's parent target comes from its own batch
-        for parent, value in parts[name].targets.items():
-            pick["targets"].setdefault(parent, value)
-    return TaskBatch(first, pick["targets"], pick["masks"], pick["weights"])
-
-
-def _total(batch_size: int | Sequence[int]) -> int:
-    return batch_size if isinstance(batch_size, int) else sum(batch_size)
-
-
-def _check_task_relations(specs: Sequence[TaskSpec], selected: Sequence[str]) -> None:
-    """Parents and product factors name binary tasks (factors with heads); a selected product
-    task needs its factors selected (their heads), a conditional task only its parent's labels."""
-    by_name = {s.name: s for s in specs}
-    for spec in specs:
-        related = ([spec.parent] if spec.parent else []) + list(spec.product_of or ())
-        for other in related:
-            if other not in by_name:
-                raise ValueError(
-                    f"task {spec.name!r} refers to task {other!r}, which is not one of the "
-                    f"module's tasks {list(by_name)}"
-                )
-            if by_name[other].kind != "binary":
-                raise ValueError(
-                    f"task {spec.name!r} refers to task {other!r} of kind "
-                    f"{by_name[other].kind!r}; parents and product factors are binary tasks"
-                )
-            if other in (spec.product_of or ()) and by_name[other].product_of is not None:
-                raise ValueError(
-                    f"task {spec.name!r}: its factor {other!r} is itself a product; list the "
-                    "factors with heads"
-                )
-        missing = [f for f in spec.product_of or () if f not in selected]
-        if spec.name in selected and missing:
-            raise ValueError(
-                f"select_tasks keeps the product task {spec.name!r} without its factor(s) "
-                f"{missing}, whose heads it multiplies"
-            )
-
-
-_Module = TypeVar("_Module", bound="MultiTaskModule")
-
-
-def split_weight_decay(groups: Sequence[dict]) -> list[dict]:
-    """Each param group in two: its parameters of two or more dimensions as they were, the
-    others (biases, norms' scales) with ``weight_decay=0`` (named ``{name}/no_decay``);
-    empty groups are left out.
-
-    >>> groups = split_weight_decay([{"params": list(nn.Linear(2, 3).parameters()), "name": "a"}])
-    >>> [(g["name"], len(g["params"]), g.get("weight_decay")) for g in groups]
-    [('a', 1, None), ('a/no_decay', 1, 0.0)]
-    """
-    out: list[dict] = []
-    for group in groups:
-        params = list(group["params"])
-        matrices = [p for p in params if p.dim() >= 2]
-        vectors = [p for p in params if p.dim() < 2]
-        if matrices:
-            out.append({**group, "params": matrices})
-        if vectors:
-            name = group.get("name", f"group{len(out)}")
-            out.append(
-                {**group, "params": vectors, "name": f"{name}/no_decay", "weight_decay": 0.0}
-            )
-    return out
 
 
 class _TaskLosses(NamedTuple):
@@ -197,7 +63,7 @@ class _TaskLosses(NamedTuple):
     parts: Sequence[TaskBatch | None]  # the batch each task's prediction is scored against
 
 
-class MultiTaskModule(L.LightningModule):
+class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
     """Shared encoder + one head per task; the task losses are combined by a weighting method.
 
     Args:
@@ -294,7 +160,7 @@ class MultiTaskModule(L.LightningModule):
         # Under the lit-mtl CLI the hyperparameters are the parsed config (class_path/init_args
         # dicts), so a CLI checkpoint restores without arguments; in plain Python the modules are
         # callables are not pickled into hparams (pass them to load_from_checkpoint).
-        from_cli_config = _given_hyperparameters.get() is not None
+        from_cli_config = hyperparameters_from_cli()
         self.save_hyperparameters(ignore=["tasks"] if from_cli_config else [*_MODULE_ARGS, "tasks"])
         specs = [as_task_spec(t) for t in tasks]
         all_specs = specs
@@ -329,7 +195,7 @@ class MultiTaskModule(L.LightningModule):
             raise KeyError(
                 f"heads given for unknown task(s) {sorted(unknown_heads)}; tasks: {names}"
             )
-        _check_task_relations(all_specs, [s.name for s in specs])
+        check_task_relations(all_specs, [s.name for s in specs])
         #: the tasks with a head (the others are products of their probabilities)
         self._headed = [s.name for s in specs if s.product_of is None]
         self._derived = [s.name for s in specs if s.product_of is not None]
@@ -408,38 +274,6 @@ class MultiTaskModule(L.LightningModule):
         self.lr_scheduler_monitor = lr_scheduler_monitor
         self.plots = bool(plots)
 
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls: type[_Module],
-        checkpoint_path: str | Path | IO[bytes],
-        map_location: Any = None,
-        hparams_file: str | Path | None = None,
-        strict: bool | None = None,
-        weights_only: bool = True,
-        **kwargs: Any,
-    ) -> _Module:
-        """Lightning's ``load_from_checkpoint``, with ``weights_only=True`` always (a pickled
-        object in the file never runs, whatever ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` says) and
-        errors that name the file (missing, empty, truncated, not a checkpoint, unsafe)."""
-        if not weights_only:
-            raise ValueError(
-                "load_from_checkpoint(weights_only=False): lit_mtl reads checkpoints with "
-                "weights_only=True only (a pickled object in a checkpoint would run code)"
-            )
-        if isinstance(checkpoint_path, str | Path) and "://" not in str(checkpoint_path):
-            check_checkpoint_file(checkpoint_path, "checkpoint")
-        try:
-            return super().load_from_checkpoint(  # type: ignore[misc]
-                checkpoint_path,
-                map_location=map_location,
-                hparams_file=hparams_file,
-                strict=strict,
-                weights_only=True,
-                **kwargs,
-            )
-        except pickle.UnpicklingError as err:
-            raise unsafe_error(Path(str(checkpoint_path)), "checkpoint", err) from err
-
     # ------------------------------------------------------------------ helpers
     @property
     def task_names(self) -> list[str]:
@@ -478,13 +312,7 @@ class MultiTaskModule(L.LightningModule):
 
     def _with_derived(self, preds: dict[str, Tensor]) -> dict[str, Tensor]:
         """All tasks' predictions, in task order: the derived tasks' from their factors'."""
-        out = {}
-        for name, task in self.tasks.items():
-            factors = task.spec.product_of
-            out[name] = (
-                preds[name] if factors is None else product_logit([preds[f] for f in factors])
-            )
-        return out
+        return with_derived(preds, [task.spec for task in self.tasks.values()])
 
     def _per_task(self, output: Tensor | Sequence[Tensor]) -> list[Tensor]:
         """What each head reads, in task order: the shared z T times, or the encoder's per-task
@@ -502,46 +330,17 @@ class MultiTaskModule(L.LightningModule):
         by_name = dict(zip(self._headed, outputs, strict=True))
         return [by_name.get(name, outputs[0]) for name in self.tasks]
 
-    def _check_targets(
-        self,
-        targets: Mapping[str, Tensor],
-        masks: Mapping[str, Tensor],
-        required: Sequence[str] | None = None,
-        where: str = "batch",
-    ) -> None:
-        """Targets (and masks) name known tasks, and every ``required`` task (default: all)
-        has a target."""
-        if isinstance(targets, Tensor):
-            raise TypeError(
-                "targets must be a dict {task name: tensor}; the model's tasks are "
-                f"{self.task_names}"
-            )
-        unknown = sorted(set(targets) - set(self.tasks) - self._ignored_tasks)
-        if unknown:
-            raise KeyError(
-                f"{where} has targets for unknown task(s) {unknown}; the model's tasks are "
-                f"{self.task_names}"
-            )
-        needed = self.task_names if required is None else list(required)
-        missing = [name for name in needed if name not in targets]
-        if missing:
-            raise KeyError(
-                f"{where} has no targets for task(s) {missing}; mark missing labels with NaN, "
-                "-100 or a mask instead of leaving a task out"
-            )
-        unknown_masks = sorted(set(masks) - set(self.tasks) - self._ignored_tasks)
-        if unknown_masks:
-            raise KeyError(f"{where} has masks for unknown task(s) {unknown_masks}")
-
     def _parse_batch(self, batch: Batch) -> TaskBatch | dict[str, TaskBatch]:
         """A checked batch: one :class:`TaskBatch` for all tasks, or (multi-input) one per task
         present in the step (a task whose loader is exhausted in ``max_size`` mode, or not drawn
         in a sampling mode, is absent)."""
-        if not _is_multi_input(batch):
+        if not is_multi_input(batch):
             parsed = unpack_task_batch(batch)
             parents = [t.spec.parent for t in self.tasks.values() if t.spec.parent]
             required = list(dict.fromkeys([*self.task_names, *parents]))
-            self._check_targets(parsed.targets, parsed.masks, required)
+            check_targets(
+                parsed.targets, parsed.masks, self.task_names, self._ignored_tasks, required
+            )
             return parsed
         unknown = sorted(set(batch) - set(self.tasks) - self._ignored_tasks)
         if unknown:
@@ -561,7 +360,14 @@ class MultiTaskModule(L.LightningModule):
             parsed = unpack_task_batch(sub)
             parent = self.tasks[name].spec.parent
             required = [name] if parent is None else [name, parent]
-            self._check_targets(parsed.targets, parsed.masks, required, f"task {name!r}'s batch")
+            check_targets(
+                parsed.targets,
+                parsed.masks,
+                self.task_names,
+                self._ignored_tasks,
+                required,
+                f"task {name!r}'s batch",
+            )
             parts[name] = parsed
         return parts
 
@@ -570,7 +376,7 @@ class MultiTaskModule(L.LightningModule):
         if isinstance(batch, TaskBatch):
             return self._task_losses(*batch[:3], train=train, weights=batch.weights)
         if train and self._differentiates_representation():
-            shared = _shared_inputs(batch, self.task_names)
+            shared = shared_inputs(batch, self.task_names)
             if shared is None:
                 raise ValueError(
                     f"{type(self.weighting).__name__}(target='representation') differentiates "
@@ -743,22 +549,8 @@ class MultiTaskModule(L.LightningModule):
         )  # fmt: skip
 
     def _effective_mask(self, name: str, part: TaskBatch) -> Tensor | None:
-        """The task's mask, restricted to the samples whose parent label is positive for a
-        conditional task (a missing parent label counts as not positive)."""
-        mask = part.masks.get(name)
-        parent = self.tasks[name].spec.parent
-        if parent is None:
-            return mask
-        parent_target = part.targets[parent]
-        positive = parent_target.reshape(parent_target.shape[0]) == 1
-        parent_mask = part.masks.get(parent)
-        if parent_mask is not None:
-            positive = positive & parent_mask.to(device=positive.device, dtype=torch.bool)
-        if mask is None:
-            return positive
-        return mask.to(device=positive.device, dtype=torch.bool) & positive.reshape(
-            -1, *([1] * (mask.dim() - 1))
-        )
+        """The task's mask, with a conditional task's parent rule applied."""
+        return conditional_mask(self.tasks[name].spec, part)
 
     @torch.no_grad()
     def _recompute_losses(self, batch: TaskBatch | dict[str, TaskBatch]) -> tuple[Tensor, Tensor]:
@@ -814,7 +606,7 @@ class MultiTaskModule(L.LightningModule):
         self._step_log = None
         parsed = self._parse_batch(batch)  # one batch, or (multi-input) one per task
         step = self._batch_losses(parsed, train=True)
-        n = _total(step.batch_size)
+        n = total_batch_size(step.batch_size)
         if not self._check_finite(step.loss_values, batch_idx):
             return None
         stacked = step.stacked.detach()  # (T,)
@@ -886,8 +678,7 @@ class MultiTaskModule(L.LightningModule):
             return True
         if 0 < trainer.max_steps <= trainer.global_step:
             return True
-        connector = getattr(trainer, "_logger_connector", None)  # Lightning's own cadence test
-        return bool(getattr(connector, "should_update_logs", True))
+        return logs_this_step(trainer)  # Lightning's own cadence test
 
     def _eval_step(self, batch: Batch, stage: str) -> None:
         step = self._batch_losses(self._parse_batch(batch), train=False)
@@ -985,7 +776,7 @@ class MultiTaskModule(L.LightningModule):
         own inputs."""
         if isinstance(batch, Tensor):
             return self(batch)
-        if _is_multi_input(batch):
+        if is_multi_input(batch):
             return {
                 name: self(unpack_task_batch(sub).inputs)[name]
                 for name, sub in batch.items()

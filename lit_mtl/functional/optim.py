@@ -7,11 +7,12 @@ state lives in (torch tensors on any device, or numpy arrays): no host round-tri
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 Array = Any  # a torch tensor or a numpy array
 
-__all__ = ["adam_step"]
+__all__ = ["adam_step", "split_weight_decay"]
 
 
 def adam_step(
@@ -45,3 +46,28 @@ def adam_step(
     bias2 = 1 - beta2**step
     denom = (exp_avg_sq / bias2) ** 0.5 + eps
     return param - (lr / bias1) * exp_avg / denom, exp_avg, exp_avg_sq
+
+
+def split_weight_decay(groups: Sequence[dict]) -> list[dict]:
+    """Each param group in two: its parameters of two or more dimensions as they were, the
+    others (biases, norms' scales) with ``weight_decay=0`` (named ``{name}/no_decay``);
+    empty groups are left out.
+
+    >>> from torch import nn
+    >>> groups = split_weight_decay([{"params": list(nn.Linear(2, 3).parameters()), "name": "a"}])
+    >>> [(g["name"], len(g["params"]), g.get("weight_decay")) for g in groups]
+    [('a', 1, None), ('a/no_decay', 1, 0.0)]
+    """
+    out: list[dict] = []
+    for group in groups:
+        params = list(group["params"])
+        matrices = [p for p in params if p.dim() >= 2]
+        vectors = [p for p in params if p.dim() < 2]
+        if matrices:
+            out.append({**group, "params": matrices})
+        if vectors:
+            name = group.get("name", f"group{len(out)}")
+            out.append(
+                {**group, "params": vectors, "name": f"{name}/no_decay", "weight_decay": 0.0}
+            )
+    return out

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.data.synthetic import MultiTaskTensorDataset
-from lit_mtl.multitask import unpack_task_batch
+from lit_mtl.tasks.batch import unpack_task_batch
 
 __all__ = ["CachedFeatureDataModule", "FeatureInput", "encoder_fingerprint"]
 
