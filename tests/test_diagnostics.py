@@ -128,3 +128,7 @@ def test_cli_run_draws_expert_use_and_conflicts(tmp_path: Path, monkeypatch) -> 
     plots = cli.model._training_plots
     assert plots.conflict_steps == [0, 2, 4, 6, 8, 10]
     assert len(plots.expert_use) == 2 and sum(plots.expert_use[0]) == pytest.approx(1.0)
+
+
+def test_gate_usage_before_any_update_is_empty() -> None:
+    assert GateUsage(["a", "b"]).compute() == {}

@@ -707,3 +707,33 @@ def test_state_updates_agree_on_numpy_views_and_on_tensors(
     assert numpy_state.keys() == tensor_state.keys()
     for key, value in numpy_state.items():
         torch.testing.assert_close(tensor_state[key], value, rtol=1e-6, atol=1e-7, msg=key)
+
+
+def test_build_runs_after_the_subclass_init_whatever_its_order() -> None:
+    from lit_mtl.weighting.base import Weighting as Base
+
+    class LateField(Base):
+        def __init__(self, num_tasks: int | None = None, scale: float = 2.0) -> None:
+            super().__init__(num_tasks=num_tasks)
+            self.scale = scale  # set after super().__init__: build must still see it
+
+        def build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
+            self.add_state("weights", torch.full((num_tasks,), self.scale))
+
+        def combine(self, ctx):  # type: ignore[no-untyped-def]
+            return self._weighted_sum(self.weights, ctx.stacked, ctx.present)
+
+    class Inherits(LateField):
+        def __init__(self, num_tasks: int | None = None) -> None:
+            super().__init__(num_tasks=num_tasks, scale=3.0)
+
+    assert LateField(num_tasks=2).weights.tolist() == [2.0, 2.0]
+    assert Inherits(num_tasks=3).weights.tolist() == [3.0, 3.0, 3.0]  # built once, at the end
+    assert not hasattr(LateField(), "weights")  # T unknown: built when a module binds it
+    with pytest.warns(DeprecationWarning, match="_build is now spelt build"):
+
+        class Legacy(Base):
+            def _build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
+                self.add_state("weights", torch.ones(num_tasks))
+
+    assert Legacy(num_tasks=2).weights.tolist() == [1.0, 1.0]

@@ -26,6 +26,8 @@ each step.
 
 from __future__ import annotations
 
+import functools
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
@@ -87,6 +89,26 @@ def _ensure_hook() -> None:
         _HOOK = register_optimizer_step_post_hook(_after_any_optimizer_step)
 
 
+def _build_after(init: Any) -> Any:
+    """``init`` followed by :meth:`Weighting.build` when T is known, once per construction (the
+    outermost ``__init__`` of a chain of subclasses builds)."""
+
+    @functools.wraps(init)
+    def __init__(self: Weighting, *args: Any, **kw: Any) -> None:
+        outermost = "_constructing" not in self.__dict__
+        self.__dict__["_constructing"] = True
+        try:
+            init(self, *args, **kw)
+        finally:
+            if outermost:
+                del self.__dict__["_constructing"]
+        if outermost and self._num_tasks is not None:
+            self.build(self._num_tasks, self._init_kinds or ["regression"] * self._num_tasks)
+
+    __init__._builds_after = True  # type: ignore[attr-defined]
+    return __init__
+
+
 class Weighting(nn.Module):
     """Base class of the task-weighting methods.
 
@@ -94,10 +116,15 @@ class Weighting(nn.Module):
         num_tasks: number of tasks T. Optional: when the weighting is given to a
             :class:`~lit_mtl.MultiTaskModule`, the module binds it to its tasks; when given here,
             it must agree with the module's tasks (a clear error otherwise).
+        task_kinds: the tasks' kinds for drop-in use (default: regression), passed to
+            :meth:`build`; inside a MultiTaskModule the tasks' own kinds are used.
 
-    Subclasses implement :meth:`combine` and may override :meth:`_build` (declare per-task state
-    once T is known), :meth:`parameter_groups`, :meth:`update` (after each optimizer step) and
-    :meth:`on_train_epoch_start`.
+    Subclasses implement :meth:`combine` and may override :meth:`build` (declare per-task state
+    once T is known: after construction when ``num_tasks`` is given, and again when a module
+    binds the weighting to its tasks), :meth:`bind_encoder` (resolve a gradient target),
+    :meth:`parameter_groups`, :meth:`update` (after each optimizer step) and
+    :meth:`on_train_epoch_start`. A subclass may set its fields before or after calling
+    ``super().__init__()``: :meth:`build` runs after the subclass's ``__init__`` returns.
 
     After each call, :attr:`last_weights` holds the (T,) weights applied to the task losses (for
     logging; detached).
@@ -110,7 +137,26 @@ class Weighting(nn.Module):
     #: ``"last_shared_layer"`` or an encoder module / parameter name); None for loss-based ones
     target: str | None = None
 
-    def __init__(self, num_tasks: int | None = None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every subclass's ``__init__`` is followed by :meth:`build` once T is known, whatever
+        order the subclass sets its fields and calls ``super().__init__()`` in (the state a
+        method declares in ``build`` exists after construction, for drop-in use)."""
+        super().__init_subclass__(**kwargs)
+        for old, new in (("_build", "build"), ("_bind_encoder", "bind_encoder")):
+            if old in cls.__dict__ and new not in cls.__dict__:  # a method written before 0.2
+                warnings.warn(
+                    f"{cls.__name__}.{old} is now spelt {new}; the old name still works",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
+                setattr(cls, new, cls.__dict__[old])
+        init = cls.__dict__.get("__init__")
+        if init is not None and not getattr(init, "_builds_after", False):
+            cls.__init__ = _build_after(init)  # type: ignore[method-assign]
+
+    def __init__(
+        self, num_tasks: int | None = None, task_kinds: Sequence[str] | None = None
+    ) -> None:
         super().__init__()
         if num_tasks is not None and int(num_tasks) < 1:
             raise ValueError(f"{type(self).__name__}: num_tasks must be >= 1, got {num_tasks}")
@@ -126,9 +172,10 @@ class Weighting(nn.Module):
         self._last_shared: tuple[Tensor, ...] | None = None
         #: the step's T x T Gramian where the method computes one (the diagnostics read it)
         self.last_gramian: Tensor | None = None
+        #: the kinds given at construction (drop-in use), for the build that follows it
+        self._init_kinds = list(task_kinds) if task_kinds is not None else None
         self.add_state("last_weights", torch.empty(0), persistent=False)
         if self._num_tasks is not None:
-            self._build(self._num_tasks, ["regression"] * self._num_tasks)
             self.last_weights = torch.ones(self._num_tasks)
 
     # ------------------------------------------------------------------ declared state
@@ -233,18 +280,19 @@ class Weighting(nn.Module):
         self._num_tasks = len(names)
         self.task_names = names
         self.task_kinds = kinds
-        self._build(len(names), kinds)
+        self.build(len(names), kinds)
         self.last_weights = torch.ones(len(names), device=self.last_weights.device)
         if encoder is not None:
             self._owner_params = tuple(encoder.parameters())
             self._owned_cache = weakref.WeakKeyDictionary()
-            self._bind_encoder(encoder)
+            self.bind_encoder(encoder)
 
-    def _bind_encoder(self, encoder: nn.Module) -> None:
+    def bind_encoder(self, encoder: nn.Module) -> None:
         """Resolve what the method differentiates (gradient-based methods)."""
 
-    def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
-        """Declare per-task state. Called on construction (if T is known) and by bind."""
+    def build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
+        """Declare per-task state (``add_state``, parameters). Called after construction when
+        T is known, and by :meth:`bind` with the tasks' kinds."""
 
     # ------------------------------------------------------------------ main entry
     def forward(self, losses: StepContext | Tensor | Sequence[Tensor], **context: Any) -> Tensor:
@@ -342,3 +390,6 @@ class Weighting(nn.Module):
 
     def extra_repr(self) -> str:
         return f"num_tasks={self._num_tasks}"
+
+
+Weighting.__init__ = _build_after(Weighting.__init__)  # type: ignore[method-assign]

@@ -52,7 +52,7 @@ class CAGrad(GramianWeighting):
         self.c = float(c)
         self.rescale = int(rescale)
 
-    def _build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
+    def build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
         self.add_state("inner_w", torch.zeros(num_tasks, dtype=torch.float64))
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:

@@ -63,10 +63,10 @@ class DBMTL(Weighting):
         self.engine = ParameterEngine(target)
         super().__init__(num_tasks=num_tasks)
 
-    def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
+    def build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
         self.add_state("step", torch.zeros((), dtype=torch.long))
 
-    def _bind_encoder(self, encoder: nn.Module) -> None:
+    def bind_encoder(self, encoder: nn.Module) -> None:
         self.engine.bind(encoder)
         size = sum(p.numel() for p in self.engine.params or [])
         self.add_state("buffer", torch.zeros(self.num_tasks, size))

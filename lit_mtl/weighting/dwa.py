@@ -37,7 +37,7 @@ class DWA(Weighting):
         self.temperature = float(temperature)
         super().__init__(num_tasks=num_tasks)
 
-    def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
+    def build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
         # this epoch's per-rank sums (summed over ranks when the epoch is closed)
         self.add_state("epoch_sum", torch.zeros(num_tasks, dtype=torch.float64), reduction="sum")
         self.add_state("epoch_count", torch.zeros(num_tasks, dtype=torch.float64), reduction="sum")

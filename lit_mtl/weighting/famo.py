@@ -54,7 +54,7 @@ class FAMO(Weighting):
         self._min_losses = list(min_losses) if min_losses is not None else None
         super().__init__(num_tasks=num_tasks)
 
-    def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
+    def build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
         if self._min_losses is not None and len(self._min_losses) != num_tasks:
             raise ValueError(
                 f"FAMO: min_losses has {len(self._min_losses)} entries for {num_tasks} tasks"

@@ -74,7 +74,7 @@ class GradNorm(Weighting):
         self._pending: list[tuple[PendingNorms, Tensor, Tensor]] = []
         super().__init__(num_tasks=num_tasks)
 
-    def _build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
+    def build(self, num_tasks: int, task_kinds: Sequence[str]) -> None:
         self.add_state("w", torch.ones(num_tasks))
         init = torch.full((num_tasks,), float("nan"))
         if self.initial_loss == "log_c":
@@ -95,7 +95,7 @@ class GradNorm(Weighting):
         if self.initial_loss == "log_c" and baseline_losses is not None:
             self.set_initial_losses(baseline_losses)  # log C per classification task
 
-    def _bind_encoder(self, encoder: nn.Module) -> None:
+    def bind_encoder(self, encoder: nn.Module) -> None:
         self.engine.bind(encoder)
 
     def set_initial_losses(self, values: Sequence[float | None]) -> None:

@@ -86,7 +86,7 @@ class GramianWeighting(Weighting):
         self.add_state("nonfinite_steps", torch.zeros((), dtype=torch.long))
         self.last_gramian: Tensor | None = None
 
-    def _bind_encoder(self, encoder: nn.Module) -> None:
+    def bind_encoder(self, encoder: nn.Module) -> None:
         if isinstance(self.engine, ParameterEngine):
             self.engine.bind(encoder)
 

@@ -54,7 +54,7 @@ class NashMTL(GramianWeighting):
         self.update_weights_every = int(update_weights_every)
         self.add_state("step", torch.zeros((), dtype=torch.long))
 
-    def _build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
+    def build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
         self.add_state("alpha", torch.zeros(num_tasks, dtype=torch.float64))
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:

@@ -87,11 +87,9 @@ class UncertaintyWeighting(Weighting):
                 raise ValueError(
                     f"UncertaintyWeighting: num_tasks={num_tasks} but {len(values)} {name}"
                 )
-        super().__init__(num_tasks=num_tasks)
-        if given is not None:
-            self._build(len(given), task_kinds)
+        super().__init__(num_tasks=num_tasks, task_kinds=task_kinds)
 
-    def _build(self, num_tasks: int, task_kinds: Sequence[str] | None) -> None:
+    def build(self, num_tasks: int, task_kinds: Sequence[str] | None) -> None:
         self.log_vars = nn.Parameter(torch.full((num_tasks,), self.init_log_var))
         if self._given_forms is not None:
             forms = self._given_forms

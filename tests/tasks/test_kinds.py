@@ -3,8 +3,8 @@ contributor recipe says: one class and its registration."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import ClassVar
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -104,48 +104,14 @@ def test_a_name_registered_twice_is_an_error() -> None:
 
 
 # ---------------------------------------------------------------------- the recipe's kind
-class CountKind(TaskKind):
-    """``"count"``: non-negative counts, the head predicts the log rate; Poisson NLL
-    ``exp(a) - y a`` (up to log y!), NaN marks a missing count; ``nll`` and ``mae`` of the
-    rate."""
-
-    name = "count"
-    uncertainty_form = "classification"
-    metric_directions: ClassVar[Mapping[str, bool]] = {"nll": False, "mae": False}
-
-    def shape_prediction(self, spec: TaskSpec, out: Tensor) -> Tensor:
-        return out.reshape(out.shape[0])
-
-    def check_target(self, spec: TaskSpec, target: Tensor, n: int, where: str) -> None:
-        if not target.is_floating_point() or tuple(target.shape) != (n,):
-            raise ValueError(f"{where}: counts are a float (N,) tensor")
-
-    def per_element_loss(
-        self, spec: TaskSpec, pred: Tensor, target: Tensor, present: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        safe = torch.where(present, target, torch.zeros_like(target))
-        return F.poisson_nll_loss(pred.float(), safe, reduction="none", full=False), safe
-
-    def statistics(self, spec, pred, safe_target, present, count, per_element, reduction):  # type: ignore[no-untyped-def]
-        error = (pred.exp() - safe_target).abs() * present
-        return torch.stack([count.float(), per_element.detach().sum(), error.sum()])
-
-    def fast_evaluate(self, spec: TaskSpec, pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        present = torch.ones_like(target, dtype=torch.bool)
-        per_element, safe = self.per_element_loss(spec, pred, target, present)
-        stats = self.statistics(spec, pred.detach(), safe, present, present.sum(), per_element, "")
-        return per_element.mean(), stats
-
-    def statistics_size(self, num_outputs: int, reduction: str) -> int:
-        return 3
-
-    def metrics_of(self, num_outputs: int, stats: Tensor, reduction: str) -> dict[str, Tensor]:
-        return {"nll": stats[1] / stats[0], "mae": stats[2] / stats[0]}
+RECIPE = Path(__file__).resolve().parents[2] / "docs" / "contributing" / "add-a-task-kind.md"
 
 
 @pytest.fixture
 def count_kind():  # type: ignore[no-untyped-def]
-    register_kind(CountKind)
+    """The contributor recipe's Poisson count kind, registered from the page's first block."""
+    block = re.findall(r"```python\n(.*?)```", RECIPE.read_text(), flags=re.S)[0]
+    exec(compile(block, str(RECIPE), "exec"), {"__name__": "recipe"})
     yield get_kind("count")
     del _REGISTRY["count"]
 
