@@ -26,7 +26,7 @@ Models, with matched parameter counts (about 14 k; printed in the table):
 
 each task with a tower of one ReLU layer of 8 units and a linear output (the paper's towers),
 built from the library's :class:`~lit_mtl.MMoE`, :class:`~lit_mtl.OMoE`, :class:`~lit_mtl.CGC`,
-:class:`~lit_mtl.MLPEncoder` and :class:`~lit_mtl.architectures.Tower`. Training: Adam, peak
+:class:`~lit_mtl.MLPEncoder` and :class:`~lit_mtl.models.Tower`. Training: Adam, peak
 learning rate 3e-3 decayed to 0 by a per-step cosine schedule, batch 128, 40 epochs (15 640 steps),
 the sum of the two MSE losses (what ``MultiTaskModule`` with ``EqualWeighting`` minimises). The
 repeats of one model train side by side as one stacked model (``torch.func.stack_module_state`` +

@@ -2,8 +2,9 @@
 
 Per seed (the comparison's seeds and data sizes), ``ProceduralScenesDataModule.uninformed_metrics``
 fits the majority class, the mean depth and the mean normal direction on the training split and
-scores them on the test split (pooled metrics, as the comparison's). The README shows them under
-the scenes comparison table: every task's learned metrics must beat these by a wide margin.
+scores them on the test split (pooled metrics, as the comparison's). The dense-scenes results
+page shows them under the scenes comparison table: every task's learned metrics must beat these
+by a wide margin.
 
     python benchmarks/scenes_uninformed.py   # writes benchmarks/results/scenes_uninformed.json
 """

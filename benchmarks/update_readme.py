@@ -1,4 +1,5 @@
-"""Rewrite the README's result tables from benchmarks/results/*.json.
+"""Rewrite the result tables of the README and of the documentation pages from
+benchmarks/results/*.json.
 
 Each table sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` and is replaced
 by the ``markdown`` field of ``benchmarks/results/NAME.json`` (or, for a method comparison,
@@ -31,10 +32,17 @@ def render(name: str) -> str:
     )
 
 
+def pages() -> list[Path]:
+    """The README and every documentation page."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
 def main() -> None:
-    readme = ROOT / "README.md"
-    text = BLOCK.sub(lambda m: render(m.group("name")), readme.read_text())
-    readme.write_text(text)
+    for page in pages():
+        text = page.read_text()
+        new = BLOCK.sub(lambda m: render(m.group("name")), text)
+        if new != text:
+            page.write_text(new)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,19 @@ from collections.abc import Callable
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.core.mixins import hparams_mixin
 
 __all__ = [
     "CHECKED_LIGHTNING",
+    "fast_dev_run",
     "hyperparameters_from_cli",
     "last_checkpoints",
+    "log_every_n_steps",
     "logs_this_step",
     "missing_private_apis",
+    "trainer_callbacks",
 ]
 
 #: the Lightning releases these uses were checked against (both ends of the pinned range)
@@ -91,3 +94,25 @@ def _logger_connector_class() -> type | None:
     except ImportError:
         return None
     return _LoggerConnector
+
+
+# Public Trainer attributes that the Trainer's connectors assign (``trainer.callbacks`` by the
+# callback connector, ``log_every_n_steps`` by the logger connector, ``fast_dev_run`` by the
+# debugging flags): documented and public, but undeclared on the class, so a type checker cannot
+# see them. Read here, once, with their types.
+
+
+def trainer_callbacks(trainer: L.Trainer) -> list[Callback]:
+    """``trainer.callbacks`` (the list Lightning calls; appending to it adds a callback)."""
+    callbacks: list[Callback] = trainer.callbacks  # type: ignore[attr-defined]
+    return callbacks
+
+
+def log_every_n_steps(trainer: L.Trainer) -> int:
+    """``trainer.log_every_n_steps``."""
+    return int(trainer.log_every_n_steps)  # type: ignore[attr-defined]
+
+
+def fast_dev_run(trainer: L.Trainer) -> bool:
+    """Whether ``trainer.fast_dev_run`` is on (``True`` or a number of batches)."""
+    return bool(trainer.fast_dev_run)  # type: ignore[attr-defined]

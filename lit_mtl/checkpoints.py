@@ -94,7 +94,7 @@ class WeightsOnlyLoading:
     """Mixin for a LightningModule: ``load_from_checkpoint`` that never unpickles code."""
 
     @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
+    def load_from_checkpoint(
         cls: type[_Module],
         checkpoint_path: str | Path | IO[bytes],
         map_location: Any = None,

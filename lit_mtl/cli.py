@@ -91,7 +91,7 @@ class MultiTaskCLI(LightningCLI):
     (:class:`~lit_mtl.tracking.LogConfigCallback`).
     """
 
-    def add_arguments_to_parser(self, parser) -> None:  # type: ignore[no-untyped-def]
+    def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("data.task_specs", "model.init_args.tasks", apply_on="instantiate")
 
     # ------------------------------------------------------------------ resuming
@@ -195,7 +195,7 @@ class MultiTaskCLI(LightningCLI):
             kwargs["weights_only"] = True
         return kwargs
 
-    def init_parser(self, **kwargs):  # type: ignore[no-untyped-def]
+    def init_parser(self, **kwargs):
         kwargs.setdefault(
             "epilog",
             "Method comparisons (single-task baselines, seeds, delta-m): "

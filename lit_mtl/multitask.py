@@ -14,14 +14,20 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from lit_mtl._lightning import hyperparameters_from_cli, logs_this_step
+from lit_mtl._lightning import fast_dev_run, hyperparameters_from_cli, logs_this_step
+from lit_mtl._modules import TypedModuleDict
 from lit_mtl._moved import moved_names
 from lit_mtl.checkpoints import WeightsOnlyLoading
-from lit_mtl.diagnostics import GateUsage, conflict_share, gradient_cosines, pair_names
+from lit_mtl.diagnostics import (
+    GateUsage,
+    conflict_share,
+    gradient_cosines,
+    pair_names,
+    task_gramian,
+)
 from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
-from lit_mtl.engines.representation import gradients_of
-from lit_mtl.epoch_metrics import EpochRankingMetrics, EpochTaskMetrics
 from lit_mtl.functional.optim import split_weight_decay
+from lit_mtl.metrics.epoch import EpochRankingMetrics, EpochTaskMetrics
 from lit_mtl.models.base import encoder_hooks
 from lit_mtl.tasks import Task, TaskSpec, as_task_spec
 from lit_mtl.tasks.batch import (
@@ -33,6 +39,7 @@ from lit_mtl.tasks.batch import (
     total_batch_size,
     unpack_task_batch,
 )
+from lit_mtl.tasks.evaluation import evaluate_tasks
 from lit_mtl.tasks.relations import check_task_relations, conditional_mask, with_derived
 from lit_mtl.weighting import EqualWeighting, Weighting
 
@@ -63,7 +70,45 @@ class _TaskLosses(NamedTuple):
     parts: Sequence[TaskBatch | None]  # the batch each task's prediction is scored against
 
 
-class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
+def _check_options(
+    nonfinite_loss: str, gradient_conflicts_every: int | None, encoder_pass: str
+) -> None:
+    """The module's option arguments, checked before anything is built."""
+    if nonfinite_loss not in ("raise", "skip"):
+        raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
+    if gradient_conflicts_every is not None and int(gradient_conflicts_every) < 1:
+        raise ValueError(
+            f"gradient_conflicts_every must be >= 1 (or None), got {gradient_conflicts_every}"
+        )
+    if encoder_pass not in ("concatenated", "per_task"):
+        raise ValueError(f"encoder_pass must be 'concatenated' or 'per_task', got {encoder_pass!r}")
+
+
+def selected_task_specs(
+    tasks: Sequence[TaskSpec | Mapping[str, Any]], select_tasks: Sequence[str] | None
+) -> tuple[list[TaskSpec], list[TaskSpec]]:
+    """(every task's spec, the specs of the tasks trained: ``select_tasks``, or all of them);
+    empty, repeated or unknown names are errors that list the tasks."""
+    specs = [as_task_spec(t) for t in tasks]
+    if not specs:
+        raise ValueError("MultiTaskModule: tasks must not be empty")
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"MultiTaskModule: task names must be unique, got {names}")
+    if select_tasks is None:
+        return specs, specs
+    unknown = sorted(set(select_tasks) - set(names))
+    if unknown or not select_tasks:
+        raise ValueError(
+            f"MultiTaskModule: select_tasks={list(select_tasks)} must name some of the "
+            f"tasks {names}" + (f"; unknown: {unknown}" if unknown else "")
+        )
+    return specs, [s for s in specs if s.name in select_tasks]
+
+
+class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):  # type: ignore[misc]
+    # (misc: Lightning's load_from_checkpoint is a private descriptor, not a classmethod, so
+    # the checker cannot match WeightsOnlyLoading's override of it)
     """Shared encoder + one head per task; the task losses are combined by a weighting method.
 
     Args:
@@ -106,7 +151,7 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
         ranking_metrics: also log the exact ROC-AUC and average precision of every binary task
             at the end of each validation and test epoch, ``{stage}/{task}/auroc`` and
             ``{stage}/{task}/auprc``, over the epoch's labelled entries of all ranks
-            (:class:`~lit_mtl.epoch_metrics.EpochRankingMetrics`; the field's numbers on
+            (:class:`~lit_mtl.metrics.epoch.EpochRankingMetrics`; the field's numbers on
             MoleculeNet). A task whose entries lack a positive or a negative gets none (said
             once). Off by default: it keeps every labelled score of the epoch.
         weighted_loss_denominator: with per-sample weights in the batch, a task's loss is
@@ -126,7 +171,7 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
     ``{stage}/{task}/{metric}`` (mse and mae; acc and f1), synchronised across DDP ranks.
     A step pays for this once, not once per task: the metrics' sufficient statistics of all
     tasks are summed in one vector on the device
-    (:class:`~lit_mtl.epoch_metrics.EpochTaskMetrics`), and the step's only host read is the
+    (:class:`~lit_mtl.metrics.epoch.EpochTaskMetrics`), and the step's only host read is the
     task losses (with the class labels' range check) that ``nonfinite_loss`` needs anyway.
 
     Training uses Lightning's automatic optimization, so ``precision``, ``strategy``,
@@ -136,6 +181,9 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
     weighting are modules and not stored as hyperparameters; a checkpoint written by the
     ``lit-mtl`` CLI restores without arguments).
     """
+
+    #: each task's labelled-count position in a step's statistics (a non-persistent buffer)
+    _count_positions: Tensor
 
     def __init__(
         self,
@@ -162,78 +210,26 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
         # callables are not pickled into hparams (pass them to load_from_checkpoint).
         from_cli_config = hyperparameters_from_cli()
         self.save_hyperparameters(ignore=["tasks"] if from_cli_config else [*_MODULE_ARGS, "tasks"])
-        specs = [as_task_spec(t) for t in tasks]
-        all_specs = specs
-        if not specs:
-            raise ValueError("MultiTaskModule: tasks must not be empty")
-        names = [s.name for s in specs]
-        if len(set(names)) != len(names):
-            raise ValueError(f"MultiTaskModule: task names must be unique, got {names}")
-        self.hparams["tasks"] = [s.to_dict() for s in specs]  # all of them; selection is its own
-        self._ignored_tasks: frozenset[str] = frozenset()
-        if select_tasks is not None:
-            unknown = sorted(set(select_tasks) - set(names))
-            if unknown or not select_tasks:
-                raise ValueError(
-                    f"MultiTaskModule: select_tasks={list(select_tasks)} must name some of the "
-                    f"tasks {names}" + (f"; unknown: {unknown}" if unknown else "")
-                )
-            self._ignored_tasks = frozenset(set(names) - set(select_tasks))
-            specs = [s for s in specs if s.name in select_tasks]
-            names = [s.name for s in specs]
-        if nonfinite_loss not in ("raise", "skip"):
-            raise ValueError(f"nonfinite_loss must be 'raise' or 'skip', got {nonfinite_loss!r}")
-        width = getattr(encoder, "out_features", None)
-        if not isinstance(width, int):
-            raise ValueError(
-                f"encoder {type(encoder).__name__} must expose an integer `out_features` (the "
-                "width of the representation the heads read)"
-            )
-        heads = dict(heads or {})
-        unknown_heads = set(heads) - set(names)
-        if unknown_heads:
-            raise KeyError(
-                f"heads given for unknown task(s) {sorted(unknown_heads)}; tasks: {names}"
-            )
+        _check_options(nonfinite_loss, gradient_conflicts_every, encoder_pass)
+        all_specs, specs = selected_task_specs(tasks, select_tasks)
+        self.hparams["tasks"] = [s.to_dict() for s in all_specs]  # selection is its own argument
+        self._ignored_tasks = frozenset(s.name for s in all_specs) - {s.name for s in specs}
         check_task_relations(all_specs, [s.name for s in specs])
         #: the tasks with a head (the others are products of their probabilities)
         self._headed = [s.name for s in specs if s.product_of is None]
         self._derived = [s.name for s in specs if s.product_of is not None]
-
-        self.encoder = encoder
-        hooks = encoder_hooks(encoder)  # the encoder contract (lit_mtl.models.base)
-        hooks.bind_tasks(self._headed)  # architectures build their per-task parts
-        for spec in specs:
-            if spec.name not in heads and spec.product_of is None:
-                head = hooks.make_head(spec)
-                if head is not None:
-                    heads[spec.name] = head
-        self.tasks = nn.ModuleDict(
-            {
-                s.name: Task(
-                    s, width, heads.get(s.name), dense_reduction, weighted_loss_denominator
-                )
-                for s in specs
-            }
-        )
+        self._build_tasks(encoder, specs, heads, dense_reduction, weighted_loss_denominator)
         self.dense_reduction = dense_reduction
-        if gradient_conflicts_every is not None and int(gradient_conflicts_every) < 1:
-            raise ValueError(
-                f"gradient_conflicts_every must be >= 1 (or None), got {gradient_conflicts_every}"
-            )
         self.gradient_conflicts_every = gradient_conflicts_every
-        if encoder_pass not in ("concatenated", "per_task"):
-            raise ValueError(
-                f"encoder_pass must be 'concatenated' or 'per_task', got {encoder_pass!r}"
-            )
         self.encoder_pass = encoder_pass
         #: (global step, (T, T) cosines) of the last conflict measurement
         self.last_gradient_cosines: tuple[int, Tensor] | None = None
         # mixture-of-experts encoders: the epoch's expert use per task
-        self.gate_usage = GateUsage(names) if hooks.gated else None
+        gated = encoder_hooks(encoder).gated
+        self.gate_usage = GateUsage([s.name for s in specs]) if gated else None
         #: the last epoch's {task: (mean gate weight per expert, mean gate entropy)}
         self.last_expert_use: dict[str, tuple[Tensor, Tensor]] = {}
-        self.weighting = weighting if weighting is not None else EqualWeighting()
+        self.weighting: Weighting = weighting if weighting is not None else EqualWeighting()
         if self._derived and self._differentiates_representation():
             raise ValueError(
                 f"{type(self.weighting).__name__}(target='representation') needs each task's "
@@ -242,8 +238,65 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
                 "loss-based weighting"
             )
         self.bind_weighting()
+        self._build_metrics(specs, dense_reduction, ranking_metrics)
+        self._step_log: tuple[Tensor, Tensor, int] | None = None
+        self.decay_matrices_only = bool(decay_matrices_only)
+        self.optimizer_factory = optimizer
+        self.lr_scheduler_factory = lr_scheduler
+        self.nonfinite_loss = nonfinite_loss
+        self.lr_scheduler_monitor = lr_scheduler_monitor
+        self.plots = bool(plots)
+
+    def _build_tasks(
+        self,
+        encoder: nn.Module,
+        specs: Sequence[TaskSpec],
+        heads: Mapping[str, nn.Module] | None,
+        dense_reduction: Literal["pooled", "per_batch"],
+        weighted_loss_denominator: Literal["weights", "batch"],
+    ) -> None:
+        """The encoder, and one :class:`Task` per spec with a head: given in ``heads``, the
+        encoder's own (``make_head``: towers, decoders), or the kind's default."""
+        width = getattr(encoder, "out_features", None)
+        if not isinstance(width, int):
+            raise ValueError(
+                f"encoder {type(encoder).__name__} must expose an integer `out_features` (the "
+                "width of the representation the heads read)"
+            )
+        names = [s.name for s in specs]
+        given = dict(heads or {})
+        unknown_heads = set(given) - set(names)
+        if unknown_heads:
+            raise KeyError(
+                f"heads given for unknown task(s) {sorted(unknown_heads)}; tasks: {names}"
+            )
+        self.encoder: nn.Module = encoder
+        hooks = encoder_hooks(encoder)  # the encoder contract (lit_mtl.models.base)
+        hooks.bind_tasks(self._headed)  # architectures build their per-task parts
+        for spec in specs:
+            if spec.name not in given and spec.product_of is None:
+                head = hooks.make_head(spec)
+                if head is not None:
+                    given[spec.name] = head
+        self.tasks: TypedModuleDict[Task] = TypedModuleDict(
+            {
+                s.name: Task(
+                    s, width, given.get(s.name), dense_reduction, weighted_loss_denominator
+                )
+                for s in specs
+            }
+        )
+
+    def _build_metrics(
+        self,
+        specs: Sequence[TaskSpec],
+        dense_reduction: Literal["pooled", "per_batch"],
+        ranking_metrics: bool,
+    ) -> None:
+        """The per-stage epoch accumulators, the ranking metrics' (val/test) and where each
+        task's labelled count sits in a step's concatenated statistics."""
         sizes = [task.statistics_size for task in self.tasks.values()]
-        self.epoch_metrics = nn.ModuleDict(
+        self.epoch_metrics: TypedModuleDict[EpochTaskMetrics] = TypedModuleDict(
             {
                 f"{stage}_metrics": EpochTaskMetrics(specs, sizes, dense_reduction)
                 for stage in STAGES
@@ -263,16 +316,8 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
             if ranking_metrics
         }
         self._unranked_said: set[tuple[str, str]] = set()
-        self.decay_matrices_only = bool(decay_matrices_only)
-        # where each task's labelled count sits in the concatenated statistics of a step
         counts_at = torch.tensor([sum(sizes[:i]) for i in range(len(sizes))], dtype=torch.long)
         self.register_buffer("_count_positions", counts_at, persistent=False)
-        self._step_log: tuple[Tensor, Tensor, int] | None = None
-        self.optimizer_factory = optimizer
-        self.lr_scheduler_factory = lr_scheduler
-        self.nonfinite_loss = nonfinite_loss
-        self.lr_scheduler_monitor = lr_scheduler_monitor
-        self.plots = bool(plots)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -488,64 +533,13 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
         z: Tensor | None,
         head_inputs: list[Tensor] | None,
     ) -> _TaskLosses:
-        """Losses and metric statistics of every task's prediction against its batch's target.
-
-        Each loss takes its task's fast path (one fused op) unless a mask, a sample weight or a
-        parent condition applies; the losses and the class tasks' label probes are read on the
-        host together, once per step (:meth:`Task.fast_path_exact`: an invalid label is an
-        error naming the task and the value), and a task whose fast path was not exact (a
-        missing label) is redone masked from the same prediction.
-        """
-        device = next(p for p in preds if p is not None).device
-        losses: list[Tensor] = []
-        statistics: list[Tensor] = []
-        probes: list[Tensor] = []
-        fast_tasks: list[int] = []
-        conditions: list[tuple[Tensor | None, Tensor | None]] = []
-        for i, (name, task) in enumerate(self.tasks.items()):
-            pred, part = preds[i], parts[i]
-            if pred is None or part is None:  # absent from this multi-input step
-                losses.append(torch.zeros((), device=device))
-                statistics.append(torch.zeros(task.statistics_size, device=device))
-                conditions.append((None, None))
-                continue
-            mask = self._effective_mask(name, part)
-            weight = part.weights.get(name)
-            conditions.append((mask, weight))
-            fast = mask is None and weight is None
-            loss, stats = task.evaluate(pred, part.targets[name], mask, fast=fast, weight=weight)
-            if fast:
-                fast_tasks.append(i)
-                if task.probe_size:
-                    probes.append(task.probe(part.targets[name]))
-            losses.append(loss)  # scalar, 0 when unlabelled
-            statistics.append(stats)
-        stacked = stack_losses(losses)
-        values = torch.cat([stacked.detach(), *probes]).tolist()  # one host read
-        probe_at = len(losses)
-        names = self.task_names
-        redo = []
-        for i in fast_tasks:
-            task = self.tasks[names[i]]
-            size = task.probe_size
-            probe = values[probe_at : probe_at + size]
-            probe_at += size
-            target = parts[i].targets[names[i]]  # type: ignore[union-attr]
-            if not task.fast_path_exact(probe, target) or not math.isfinite(values[i]):
-                redo.append(i)
-        for i in redo:  # missing labels: the masked path, from the same prediction
-            target = parts[i].targets[names[i]]  # type: ignore[union-attr]
-            losses[i], statistics[i] = self.tasks[names[i]].evaluate(preds[i], target)
-        loss_values = values[: len(losses)]
-        if redo:
-            stacked = stack_losses(losses)
-            loss_values = stacked.detach().tolist()
-        stats_all = torch.cat(statistics)
-        present = stats_all[self._count_positions] > 0
+        """Losses and metric statistics of every task's prediction against its batch's target
+        (:func:`~lit_mtl.tasks.evaluation.evaluate_tasks`: one host read per step)."""
+        scored = evaluate_tasks(self.tasks, preds, parts, self._count_positions)
         batch_size: int | tuple[int, ...] = sizes[0] if len(set(sizes)) == 1 else tuple(sizes)
         return _TaskLosses(
-            z, batch_size, losses, stacked, loss_values, present, stats_all, head_inputs, preds,
-            parts,
+            z, batch_size, scored.losses, stack_losses(scored.losses), scored.values,
+            scored.present, scored.statistics, head_inputs, preds, parts,
         )  # fmt: skip
 
     def _effective_mask(self, name: str, part: TaskBatch) -> Tensor | None:
@@ -623,9 +617,10 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
             recompute_losses=lambda: self._recompute_losses(parsed),
         )
         loss = self.weighting(context)  # its post-step update runs after the optimizer step
-        gates = encoder_hooks(self.encoder).gate_weights() if self.gate_usage is not None else []
-        if gates:  # gated experts
-            self.gate_usage.update(gates)
+        if self.gate_usage is not None:  # gated experts
+            gates = encoder_hooks(self.encoder).gate_weights()
+            if gates:
+                self.gate_usage.update(gates)
         every = self.gradient_conflicts_every
         if every is not None and self.global_step % int(every) == 0:
             self._measure_conflicts(step.losses)
@@ -644,12 +639,14 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
         gradients w.r.t. the shared parameters (averaged over DDP ranks)."""
         gramian = self.weighting.last_gramian
         if gramian is None:
-            per_param = gradients_of(losses, [True] * len(losses), self.shared_parameters())
-            t = len(losses)
-            jacobian = torch.cat([g.reshape(t, -1) for g in per_param], dim=1).float()
-            if self._trainer is not None and self.trainer.world_size > 1:
-                jacobian = self.trainer.strategy.reduce(jacobian, reduce_op="mean")
-            gramian = jacobian @ jacobian.T
+            distributed = self._trainer is not None and self.trainer.world_size > 1
+            gramian = task_gramian(
+                losses,
+                self.shared_parameters(),
+                (lambda j: self.trainer.strategy.reduce(j, reduce_op="mean"))
+                if distributed
+                else None,
+            )
         cosines = gradient_cosines(gramian).float()
         self.last_gradient_cosines = (int(self.global_step), cosines.detach().cpu())
         names = self.task_names
@@ -674,7 +671,8 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):
     def _step_values_read(self) -> bool:
         """Whether this training step's on-step values are written or end an epoch / the fit."""
         trainer = self.trainer
-        if trainer.fast_dev_run or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        # fast_dev_run: set on the Trainer by Lightning's debugging connector, not declared there
+        if fast_dev_run(trainer) or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return True
         if 0 < trainer.max_steps <= trainer.global_step:
             return True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import netrc
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import lightning as L
@@ -62,7 +62,9 @@ class WandbLogger(_LightningWandbLogger):
         save_dir: where the ``wandb/`` run directories go.
         offline: force offline (True) or online (False); None = decide as above.
         log_model: upload checkpoints as artifacts (Lightning's meaning).
-        tags, notes, job_type: W&B run metadata.
+        tags: W&B run metadata.
+        notes: W&B run metadata.
+        job_type: W&B run metadata.
         **kwargs: passed to ``wandb.init``.
     """
 
@@ -73,7 +75,7 @@ class WandbLogger(_LightningWandbLogger):
         group: str | None = None,
         save_dir: str = "lightning_logs",
         offline: bool | None = None,
-        log_model: bool | str = False,
+        log_model: bool | Literal["all"] = False,
         tags: list[str] | None = None,
         notes: str | None = None,
         job_type: str | None = None,
@@ -86,7 +88,8 @@ class WandbLogger(_LightningWandbLogger):
         # every run of a process) and would write the .wandb log relative to its own
         save_dir = str(Path(save_dir).resolve())
         Path(save_dir).mkdir(parents=True, exist_ok=True)
-        extra = {k: v for k, v in (("tags", tags), ("notes", notes), ("job_type", job_type)) if v}
+        given = (("tags", tags), ("notes", notes), ("job_type", job_type))
+        extra: dict[str, Any] = {k: v for k, v in given if v}
         super().__init__(
             name=name,
             save_dir=save_dir,

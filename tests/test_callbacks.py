@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from lit_mtl import GradNorm, MLPEncoder, TransferModule, UnfreezeSchedule
-from lit_mtl.callbacks import TrainingPlots, weights_tensor
+from lit_mtl.callbacks.training_plots import TrainingPlots, weights_tensor
 
 from conftest import fast_trainer, small_data, small_module
 

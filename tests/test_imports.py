@@ -91,7 +91,7 @@ def test_core_import_leaves_out_plotting_the_comparison_tooling_and_the_cli() ->
     code = (
         "import sys, lit_mtl; "
         "print(sorted(m for m in sys.modules "
-        "if m.startswith(('lit_mtl.compare', 'lit_mtl.cli', 'lit_mtl.plots'))))"
+        "if m.startswith(('lit_mtl.compare', 'lit_mtl.cli', 'lit_mtl.diagnostics.plots'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -232,7 +232,7 @@ def test_epoch_state_is_not_shared_with_processes_it_was_sent_to() -> None:
     import torch.multiprocessing  # registers the shared-memory tensor reductions
 
     from lit_mtl.diagnostics import GateUsage
-    from lit_mtl.epoch_metrics import EpochTaskMetrics
+    from lit_mtl.metrics.epoch import EpochTaskMetrics
 
     spec = SPECS[0]
     metric = EpochTaskMetrics([spec], [3])

@@ -19,7 +19,7 @@ from lit_mtl import (
     TaskSpec,
     UncertaintyWeighting,
     UPGrad,
-    unpack_batch,
+    unpack_task_batch,
 )
 
 from conftest import fast_trainer, small_data, small_module
@@ -83,9 +83,18 @@ def test_wrong_target_dtype_is_an_error() -> None:
 
 def test_bad_batch_structure_is_an_error() -> None:
     with pytest.raises(ValueError, match="a batch must be"):
-        unpack_batch(torch.zeros(3))
+        unpack_task_batch(torch.zeros(3))
     with pytest.raises(ValueError, match="needs the keys 'inputs' and 'targets'"):
-        unpack_batch({"x": torch.zeros(3)})
+        unpack_task_batch({"x": torch.zeros(3)})
+
+
+def test_the_old_unpack_batch_still_works_with_a_deprecation_warning() -> None:
+    import lit_mtl
+
+    batch = (torch.zeros(2, 3), {"t": torch.zeros(2)})
+    with pytest.warns(DeprecationWarning, match="unpack_task_batch"):
+        x, targets, masks = lit_mtl.unpack_batch(batch)
+    assert x.shape == (2, 3) and set(targets) == {"t"} and masks == {}
 
 
 def test_encoder_without_out_features_is_an_error() -> None:

@@ -15,7 +15,7 @@ from lit_mtl import (
 )
 from lit_mtl._optional import require
 from lit_mtl.data.molecules import morgan_fingerprints
-from lit_mtl.plots import plot_task_weights
+from lit_mtl.diagnostics.plots import plot_task_weights
 from lit_mtl.transfer.lora import inject_lora
 
 from conftest import fast_trainer, small_data, small_module

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from lit_mtl.plots import plot_delta_m, plot_lr_schedule, plot_task_weights, plot_tradeoff
+from lit_mtl.diagnostics.plots import (
+    plot_delta_m,
+    plot_lr_schedule,
+    plot_task_weights,
+    plot_tradeoff,
+)
 
 
 def test_task_weights_one_line_per_task_log_scale_when_spread() -> None:

@@ -81,7 +81,8 @@ def test_readme_python_examples_run(code: str) -> None:
 
 
 def test_results_tables_match_benchmark_json() -> None:
-    """Each README results block is what benchmarks/update_readme.py renders from its JSON."""
+    """Each results block of the README and of the documentation pages is what
+    benchmarks/update_readme.py renders from its JSON."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -90,8 +91,14 @@ def test_results_tables_match_benchmark_json() -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    names = re.findall(r"<!-- results:([\w-]+) -->", README)
-    assert names, "the README has no results block"
-    for name in names:
-        block = re.search(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", README, re.S)
-        assert block is not None and block.group(0) == module.render(name), name
+    seen = set()
+    for page in module.pages():
+        text = page.read_text()
+        for name in re.findall(r"<!-- results:([\w-]+) -->", text):
+            block = re.search(rf"<!-- results:{name} -->.*?<!-- /results:{name} -->", text, re.S)
+            assert block is not None and block.group(0) == module.render(name), (page, name)
+            seen.add(name)
+    stored = {p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json")}
+    stored |= {p.parent.name for p in (ROOT / "benchmarks" / "results").glob("*/results.json")}
+    assert seen, "no page has a results block"
+    assert not seen - stored

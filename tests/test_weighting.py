@@ -70,6 +70,22 @@ METHODS: dict[str, Callable[[], Weighting]] = {
 }
 
 
+def test_every_exported_method_is_in_the_harness() -> None:
+    """A method added to ``lit_mtl.weighting.__all__`` cannot skip the shared property checks."""
+    import inspect
+
+    import lit_mtl.weighting as package
+
+    exported = {
+        name
+        for name in package.__all__
+        if inspect.isclass(getattr(package, name))
+        and issubclass(getattr(package, name), Weighting)
+        and name not in {"Weighting", "GramianWeighting"}  # the bases
+    }
+    assert exported == {type(make()).__name__ for make in METHODS.values()}
+
+
 class Problem(nn.Module):
     """A tiny 3-task problem: encoder -> z -> three heads -> three losses."""
 

@@ -53,6 +53,7 @@ from typing import Any
 
 from lit_mtl.compare.config import ComparisonConfig, load_comparison
 from lit_mtl.compare.report import (
+    CONVENTION,
     SECONDS_NOTE,
     convention_note,
     has_dense_metrics,
@@ -64,12 +65,20 @@ from lit_mtl.compare.report import (
 from lit_mtl.compare.runner import RunResult, run_once, task_names_of
 
 __all__ = [
+    "CONVENTION",
+    "SECONDS_NOTE",
     "ComparisonConfig",
     "RunResult",
+    "convention_note",
     "load_comparison",
     "main",
     "run_comparison",
+    "run_once",
     "summarize",
+    "task_names_of",
+    "to_markdown",
+    "write_csv",
+    "write_plots",
 ]
 
 

@@ -9,8 +9,6 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ComparisonConfig", "load_comparison"]
-
 _KEYS = {
     "name",
     "output_dir",

@@ -13,16 +13,6 @@ from lit_mtl.compare.runner import RunResult
 from lit_mtl.metrics import delta_m, higher_is_better
 from lit_mtl.tasks import get_kind, task_kinds
 
-__all__ = [
-    "CONVENTION",
-    "SECONDS_NOTE",
-    "convention_note",
-    "summarize",
-    "to_markdown",
-    "write_csv",
-    "write_plots",
-]
-
 
 def _dense_reduction_metrics() -> set[str]:
     """The metric names whose value depends on the dense reduction."""
@@ -213,7 +203,7 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
 
 
 def write_plots(rows: Sequence[Mapping[str, Any]], task_names: Sequence[str], out: Path) -> dict:
-    from lit_mtl.plots import plot_delta_m, plot_tradeoff
+    from lit_mtl.diagnostics.plots import plot_delta_m, plot_tradeoff
 
     paths: dict[str, str] = {}
     methods = [r for r in rows if r["method"] != "single-task" and not math.isnan(r["delta_m"][0])]

@@ -17,9 +17,8 @@ from typing import Any
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from lit_mtl._lightning import trainer_callbacks
 from lit_mtl.compare.config import ComparisonConfig
-
-__all__ = ["RunResult", "run_once", "task_names_of"]
 
 _LOGGER_FREE = ("logger", "default_root_dir", "enable_progress_bar", "enable_model_summary")
 
@@ -124,7 +123,7 @@ def _train_and_test(cfg: dict[str, Any], run_dir: Path) -> tuple[dict, dict, flo
         warnings.filterwarnings("ignore", ".*args parameter is intended.*")
         cli = build_cli(["--config", str(config_path)], run=False)
     timer = _TrainTimer()
-    cli.trainer.callbacks.append(timer)
+    trainer_callbacks(cli.trainer).append(timer)
     try:
         cli.trainer.fit(cli.model, cli.datamodule)
         seconds = timer.seconds

@@ -32,8 +32,6 @@ from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.data.vision import download_error
 from lit_mtl.tasks import TaskSpec
 
-__all__ = ["CELEBA_ATTRIBUTES", "CELEBA_FILES", "CelebADataModule"]
-
 #: the 40 attributes, in the order of ``list_attr_celeba.txt``
 CELEBA_ATTRIBUTES = (
     "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
@@ -61,7 +59,7 @@ def _celeba_class() -> type:
     """torchvision's CelebA, checking the files' presence instead of the full release's MD5."""
     datasets = require("torchvision.datasets", "vision", "CelebADataModule")
 
-    class _PresentFilesCelebA(datasets.CelebA):  # type: ignore[name-defined,misc]
+    class _PresentFilesCelebA(datasets.CelebA):  # type: ignore[name-defined]  # an optional import
         def _check_integrity(self) -> bool:
             base = Path(self.root) / self.base_folder
             files = all((base / name).is_file() for name in CELEBA_FILES)
@@ -113,7 +111,11 @@ class CelebADataModule(SplitDataModule):
             FAMO).
         download: let torchvision download CelebA (never in tests; Google Drive quotas often
             refuse it).
-        batch_size, num_workers, pin_memory, persistent_workers, seed: loader options.
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
+        seed: seed of the shuffling.
 
     The splits are CelebA's own (``list_eval_partition.txt``: train 162 770, valid 19 867,
     test 19 962 images).
@@ -132,7 +134,13 @@ class CelebADataModule(SplitDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+        )
         chosen = list(CELEBA_ATTRIBUTES if attributes is None else attributes)
         unknown = [a for a in chosen if a not in CELEBA_ATTRIBUTES]
         if unknown or not chosen or len(set(chosen)) != len(chosen):
@@ -148,16 +156,9 @@ class CelebADataModule(SplitDataModule):
         self.landmarks = bool(landmarks)
         self.image_size = int(image_size)
         self.download = bool(download)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.task_specs = [TaskSpec(a, "binary") for a in chosen]
         if self.landmarks:
             self.task_specs.append(TaskSpec("landmarks", "regression", 10))
-        self.datasets: dict[str, Dataset] = {}
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
 
     def _check_files(self) -> None:
         base = Path(self.root) / "celeba"

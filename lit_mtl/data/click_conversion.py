@@ -14,16 +14,12 @@ and the rates are known by construction: ``click ~ Bernoulli(ctr[g])`` and, on a
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.data.synthetic import MultiTaskTensorDataset
 from lit_mtl.tasks import IGNORE_INDEX, TaskSpec
-
-__all__ = ["ClickConversionDataModule"]
 
 
 class ClickConversionDataModule(SplitDataModule):
@@ -36,14 +32,20 @@ class ClickConversionDataModule(SplitDataModule):
 
     Args:
         num_groups: G.
-        ctr_range, cvr_range: the true rates ``ctr[g]``, ``cvr[g]`` are drawn uniformly from
+        ctr_range: the true rates ``ctr[g]``, ``cvr[g]`` are drawn uniformly from
             these ranges (seeded by ``rate_seed``); :meth:`true_rates` returns them.
+        cvr_range: as ``ctr_range``.
         train_conversion: whether the training split labels ``conversion`` (on clicks). False
             (default, ESMM): its training labels are missing, so the CVR head learns only
             through ``click_conversion``; the val and test splits always label it on clicks.
-        num_train, num_val, num_test: impressions per split (groups uniform).
-        batch_size, num_workers, pin_memory, persistent_workers, seed: loader options; ``seed``
-            draws the impressions and the shuffling.
+        num_train: impressions per split (groups uniform).
+        num_val: impressions per split (groups uniform).
+        num_test: impressions per split (groups uniform).
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
+        seed: draws the impressions and the shuffling.
         rate_seed: the seed of the true rates.
 
     >>> dm = ClickConversionDataModule(num_groups=3, num_train=10, num_val=4, num_test=4)
@@ -67,7 +69,13 @@ class ClickConversionDataModule(SplitDataModule):
         seed: int = 0,
         rate_seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+        )
         if num_groups < 1:
             raise ValueError(
                 f"ClickConversionDataModule: num_groups must be >= 1, got {num_groups}"
@@ -83,18 +91,15 @@ class ClickConversionDataModule(SplitDataModule):
                 raise ValueError(f"ClickConversionDataModule: {name} must be >= 1, got {value}")
         self.save_hyperparameters()
         self.in_features = int(num_groups)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.task_specs = [
             TaskSpec("click", "binary"),
             TaskSpec("conversion", "binary", parent="click"),
             TaskSpec("click_conversion", "binary", product_of=("click", "conversion")),
         ]
-        self.datasets: dict[str, Any] = {}
 
     def true_rates(self) -> dict[str, Tensor]:
         """``{"ctr": (G,), "cvr": (G,)}``: p(click | g) and p(convert | click, g)."""
-        hp = self.hparams
+        hp = self.arguments
         generator = torch.Generator().manual_seed(int(hp.rate_seed))
         out = {}
         for name, (low, high) in (("ctr", hp.ctr_range), ("cvr", hp.cvr_range)):
@@ -105,7 +110,7 @@ class ClickConversionDataModule(SplitDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        hp = self.hparams
+        hp = self.arguments
         rates = self.true_rates()
         generator = torch.Generator().manual_seed(int(hp.seed))
         for split, n in (("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test)):

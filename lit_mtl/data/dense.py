@@ -33,8 +33,6 @@ from lit_mtl.data.dense_augment import augment_batch
 from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.tasks import TaskSpec
 
-__all__ = ["CityScapesDataModule", "DenseDataModule", "NYUv2DataModule", "NpySceneFolder"]
-
 
 class DenseDataModule(SplitDataModule):
     """Base of the dense DataModules: ``task_specs``, and the papers' joint augmentation of the
@@ -179,14 +177,17 @@ class _NpyScenesDataModule(DenseDataModule):
         persistent_workers: bool,
         seed: int,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+        )
         self.root = Path(root)
         self.folders = dict(folders)
         self.task_specs = list(specs)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.augment = bool(augment)
-        self.datasets: dict[str, Dataset] = {}
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -213,7 +214,9 @@ class NYUv2DataModule(_NpyScenesDataModule):
         tasks: which of ``segmentation``, ``depth``, ``normal`` to load (all by default).
         batch_size: 2 in the papers.
         augment: the papers' random scale-crop and flip on training batches.
-        num_workers, pin_memory, persistent_workers: loader options.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
         seed: seed of the shuffling and the augmentation.
 
     Task specs: ``segmentation`` (13 classes, ignore_index -1), ``depth``, ``normal``; their
@@ -263,7 +266,10 @@ class CityScapesDataModule(_NpyScenesDataModule):
         tasks: which of ``segmentation``, ``depth`` to load.
         batch_size: 8 in Nash-MTL / FAMO.
         augment: random scale-crop and flip on training batches (off in Nash-MTL's CityScapes).
-        num_workers, pin_memory, persistent_workers, seed: as :class:`NYUv2DataModule`.
+        num_workers: as :class:`NYUv2DataModule`.
+        pin_memory: as :class:`NYUv2DataModule`.
+        persistent_workers: as :class:`NYUv2DataModule`.
+        seed: as :class:`NYUv2DataModule`.
     """
 
     dataset_name = "CityScapesDataModule"

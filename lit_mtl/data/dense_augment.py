@@ -20,8 +20,6 @@ from torch import Tensor
 
 from lit_mtl.tasks.kinds import get_kind
 
-__all__ = ["augment_batch", "scale_crop_flip"]
-
 
 def scale_crop_flip(
     image: Tensor,

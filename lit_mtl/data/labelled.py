@@ -24,13 +24,6 @@ from torch.utils.data import Dataset
 from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.tasks import TaskSpec
 
-__all__ = [
-    "DIGIT_TASKS",
-    "DerivedTask",
-    "LabelledDataModule",
-    "TaskDerivedDataset",
-]
-
 
 @dataclass(frozen=True)
 class DerivedTask:
@@ -101,7 +94,10 @@ class LabelledDataModule(SplitDataModule):
             to 0..len(classes)-1 in the given order.
         labels_per_class: keep at most this many training samples per class (seeded).
         val_fraction: fraction of the (capped) training set held out for validation.
-        batch_size, num_workers, pin_memory, persistent_workers: loader options.
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
         seed: seed of the split, the cap and the shuffling (local generators only).
     """
 
@@ -122,7 +118,13 @@ class LabelledDataModule(SplitDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+        )
         names = list(tasks)
         if not names:
             raise ValueError(f"{type(self).__name__}: tasks must not be empty")
@@ -145,23 +147,15 @@ class LabelledDataModule(SplitDataModule):
             raise ValueError(f"labels_per_class must be >= 1, got {labels_per_class}")
         if not 0 <= val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.labels_per_class = labels_per_class
         self.val_fraction = float(val_fraction)
-        self.batch_size = int(batch_size)
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
-        self.persistent_workers = bool(persistent_workers)
-        self.seed = int(seed)
         self.task_specs: list[TaskSpec] = []
         for name in names:
             task = self.available_tasks[name]
             outputs = task.num_outputs
             if name == self.class_task and self.classes is not None:
                 outputs = len(self.classes)
-            self.task_specs.append(TaskSpec(name, task.kind, outputs))  # type: ignore[arg-type]
-        self.datasets: dict[str, TaskDerivedDataset] = {}
+            self.task_specs.append(TaskSpec(name, task.kind, outputs))
 
     # ------------------------------------------------------------------ subclass API
     def _load_split(self, split: str) -> tuple[Dataset, np.ndarray]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sized
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import CombinedLoader
+from lightning.pytorch.utilities.parsing import AttributeDict
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from lit_mtl.data.task_loaders import (
@@ -19,7 +20,8 @@ from lit_mtl.data.task_loaders import (
 )
 from lit_mtl.tasks import TaskSpec
 
-__all__ = ["EpochSeededSampler", "ResumableDataLoader", "SplitDataModule"]
+#: the modes of Lightning's CombinedLoader
+LightningCombineMode = Literal["min_size", "max_size_cycle", "max_size", "sequential"]
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -49,7 +51,7 @@ class EpochSeededSampler(Sampler[int]):
         indices (a run resumed mid-epoch continues where the checkpoint left off)."""
         self._skip = (int(epoch), int(samples))
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.num_samples, generator=gen).tolist()
         if self.world_size > 1:
@@ -63,6 +65,16 @@ class EpochSeededSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.world_size)
+
+
+class EmptySplit(Dataset):
+    """A split the user left out (no validation data, say): no samples, so no loader."""
+
+    def __len__(self) -> int:
+        return 0
+
+    def __getitem__(self, index: int) -> Any:
+        raise IndexError(f"an empty split has no sample {index}")
 
 
 class ResumableDataLoader(DataLoader):
@@ -87,6 +99,7 @@ class SplitDataModule(L.LightningDataModule):
     ``combine`` and ``temperature``, see :mod:`lit_mtl.data.task_loaders`).
     """
 
+    #: split -> one dataset, or {task: dataset}; :class:`EmptySplit`: a split with no loader
     datasets: dict[str, Dataset | Mapping[str, Dataset]]
     combine: str = "max_size_cycle"
     temperature: float = 1.0
@@ -99,6 +112,30 @@ class SplitDataModule(L.LightningDataModule):
     #: (epoch, training batches consumed in it), saved in checkpoints
     _consumed: tuple[int, int] = (-1, 0)
     _resume_at: tuple[int, int] | None = None
+
+    def __init__(
+        self,
+        *,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        seed: int = 0,
+        combine: str = "max_size_cycle",
+        temperature: float = 1.0,
+    ) -> None:
+        """The loader options every DataModule here takes, checked once (a DataModule's own
+        ``__init__`` lists them for the CLI and passes them on)."""
+        super().__init__()
+        if int(batch_size) < 1:
+            raise ValueError(f"{type(self).__name__}: batch_size must be >= 1, got {batch_size}")
+        if int(num_workers) < 0:
+            raise ValueError(f"{type(self).__name__}: num_workers must be >= 0, got {num_workers}")
+        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
+        self.pin_memory, self.persistent_workers = bool(pin_memory), bool(persistent_workers)
+        self.seed = int(seed)
+        self.combine, self.temperature = combine, float(temperature)
+        self.datasets = {}
 
     # ------------------------------------------------------------------ mid-epoch resume
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -123,6 +160,15 @@ class SplitDataModule(L.LightningDataModule):
         self._consumed = (epoch, batches)
         self._resume_at = (epoch, batches) if epoch >= 0 else None
 
+    def setup(self, stage: str | None = None) -> None:
+        """Fill :attr:`datasets` (every DataModule here builds its own splits)."""
+        raise NotImplementedError(f"{type(self).__name__} does not build its splits (setup)")
+
+    @property
+    def arguments(self) -> AttributeDict:
+        """The ``__init__`` arguments ``save_hyperparameters()`` stored, read by attribute."""
+        return cast(AttributeDict, self.hparams)
+
     @property
     def num_tasks(self) -> int:
         return len(self.task_specs)
@@ -142,14 +188,15 @@ class SplitDataModule(L.LightningDataModule):
         dataset = self.datasets[split]
         if isinstance(dataset, Mapping):
             return self._task_loaders(split, dataset, shuffle)
-        if len(dataset) == 0:  # type: ignore[arg-type]
+        size = len(cast(Sized, dataset))  # every dataset here is map-style, with a length
+        if size == 0:
             if split in self.optional_splits():
-                return []  # type: ignore[return-value]  # no loader: Lightning skips the stage
+                return []  # no loader: Lightning skips the stage
             raise ValueError(
                 f"{type(self).__name__}: the {split} split is empty (0 samples); check the "
                 "DataModule's split sizes, class subset and labels_per_class"
             )
-        sampler = EpochSeededSampler(len(dataset), int(self.seed)) if shuffle else None
+        sampler = EpochSeededSampler(size, int(self.seed)) if shuffle else None
         if sampler is not None and self._resume_at is not None:
             epoch, batches = self._resume_at
             sampler.skip(epoch, batches * int(self.batch_size))
@@ -221,7 +268,8 @@ class SplitDataModule(L.LightningDataModule):
                 samplers.values(), resume_skips(self.combine, lengths, consumed), strict=True
             ):
                 sampler.skip(epoch, skip * int(self.batch_size))
-        return CombinedLoader(loaders, mode=self.combine)
+        # here combine is one of Lightning's own modes (the sampling modes returned above)
+        return CombinedLoader(loaders, mode=cast(LightningCombineMode, self.combine))
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -39,13 +39,6 @@ from lit_mtl.data.synthetic import MultiTaskTensorDataset
 from lit_mtl.data.task_loaders import CombineMode, check_combine
 from lit_mtl.tasks import TaskSpec
 
-__all__ = [
-    "GOOGLE_RESEARCH_CONSTANTS",
-    "MMoESyntheticDataModule",
-    "make_mmoe_synthetic",
-    "mmoe_functions",
-]
-
 GOOGLE_RESEARCH_CONSTANTS: dict[str, Any] = {
     "scale": 1.0,
     "num_sinusoids": 10,
@@ -95,9 +88,9 @@ def mmoe_functions(
     u2 = b / b.norm()
     drawn_alpha = torch.randn(num_sinusoids, generator=generator, dtype=torch.float64)
     drawn_beta = torch.randn(num_sinusoids, generator=generator, dtype=torch.float64)
-    alpha = drawn_alpha if alpha is None else _fixed(alpha, num_sinusoids, "alpha")
-    beta = drawn_beta if beta is None else _fixed(beta, num_sinusoids, "beta")
-    return {"u1": u1, "u2": u2, "alpha": alpha, "beta": beta, "c": torch.tensor(float(scale))}
+    alphas = drawn_alpha if alpha is None else _fixed(alpha, num_sinusoids, "alpha")
+    betas = drawn_beta if beta is None else _fixed(beta, num_sinusoids, "beta")
+    return {"u1": u1, "u2": u2, "alpha": alphas, "beta": betas, "c": torch.tensor(float(scale))}
 
 
 def _fixed(values: Sequence[float], num_sinusoids: int, name: str) -> Tensor:
@@ -118,22 +111,30 @@ class MMoESyntheticDataModule(SplitDataModule):
         in_features: d.
         scale: c.
         num_sinusoids: m.
-        alpha, beta: the sinusoids' multipliers and phases (m values each); ``None``: drawn
+        alpha: the sinusoids' multipliers and phases (m values each); ``None``: drawn
             from N(0, 1) with ``function_seed``.
+        beta: as ``alpha``.
         noise_std: standard deviation of eps_k.
-        num_train, num_val, num_test: split sizes.
+        num_train: split sizes.
+        num_val: split sizes.
+        num_test: split sizes.
         per_task_inputs: each task brings its own samples (:meth:`per_task_datasets`; the same
             functions, independent inputs): multi-input training.
-        combine, temperature: how the per-task training loaders are combined
+        combine: how the per-task training loaders are combined
             (:mod:`lit_mtl.data.task_loaders`; with ``per_task_inputs``).
-        batch_size, num_workers, pin_memory, persistent_workers: loader options.
+        temperature: as ``combine``.
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
         seed: seed of the samples and the noise (and of the shuffling).
         function_seed: seed of u1, u2, alpha, beta.
 
-    >>> dm = MMoESyntheticDataModule(p=0.5, num_train=8, num_val=4, num_test=4)
-    >>> dm.setup(); x, y = dm.datasets["train"][0]
-    >>> tuple(x.shape), sorted(y)
-    ((100,), ['task1', 'task2'])
+    Examples:
+        >>> dm = MMoESyntheticDataModule(p=0.5, num_train=8, num_val=4, num_test=4)
+        >>> dm.setup(); x, y = dm.datasets["train"][0]
+        >>> tuple(x.shape), sorted(y)
+        ((100,), ['task1', 'task2'])
     """
 
     def __init__(
@@ -158,7 +159,15 @@ class MMoESyntheticDataModule(SplitDataModule):
         seed: int = 0,
         function_seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+            combine=combine,
+            temperature=temperature,
+        )
         if not -1.0 <= p <= 1.0:
             raise ValueError(f"MMoESyntheticDataModule: p must be in [-1, 1], got {p}")
         for value, name in ((num_train, "num_train"), (num_val, "num_val"), (num_test, "num_test")):
@@ -176,15 +185,11 @@ class MMoESyntheticDataModule(SplitDataModule):
         self.save_hyperparameters()
         self.p = float(p)
         self.per_task_inputs = bool(per_task_inputs)
-        self.combine, self.temperature = combine, float(temperature)
         self.in_features = int(in_features)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.task_specs = [TaskSpec("task1", "regression"), TaskSpec("task2", "regression")]
-        self.datasets: dict[str, Any] = {}
 
     def _functions(self) -> dict[str, Tensor]:
-        hp = self.hparams
+        hp = self.arguments
         return mmoe_functions(
             self.in_features,
             float(hp.scale),
@@ -198,7 +203,7 @@ class MMoESyntheticDataModule(SplitDataModule):
         """One dataset per task, each with its own inputs (the same functions, independent
         samples of the split's size, seeded by (seed, task)): ``{task: dataset yielding
         (x, {task: y})}``, for training where each task brings its own data."""
-        hp = self.hparams
+        hp = self.arguments
         sizes = {"train": hp.num_train, "val": hp.num_val, "test": hp.num_test}
         if split not in sizes:
             raise ValueError(f"split must be one of {sorted(sizes)}, got {split!r}")
@@ -221,7 +226,7 @@ class MMoESyntheticDataModule(SplitDataModule):
             for split in ("train", "val", "test"):
                 self.datasets[split] = self.per_task_datasets(split)
             return
-        hp = self.hparams
+        hp = self.arguments
         functions = self._functions()
         generator = torch.Generator().manual_seed(int(hp.seed))
         for split, n in (("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test)):

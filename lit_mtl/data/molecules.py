@@ -29,7 +29,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -39,18 +39,6 @@ from torch.utils.data import Dataset
 from lit_mtl._optional import require
 from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.tasks import TaskSpec
-
-__all__ = [
-    "MOLECULENET_FILES",
-    "SPLITS",
-    "MoleculeNetDataModule",
-    "MoleculeTable",
-    "balancing_weights",
-    "morgan_fingerprints",
-    "read_smiles_table",
-    "scaffold_sets",
-    "split_indices",
-]
 
 #: the MoleculeNet files as redistributed by chemprop (``<root>/<file>``)
 MOLECULENET_FILES = {
@@ -141,7 +129,7 @@ def read_smiles_table(
 
 def _molecules(smiles: Sequence[str]) -> list[object | None]:
     chem = require("rdkit.Chem", "molecules", "Reading SMILES")
-    from rdkit import RDLogger
+    RDLogger = require("rdkit.RDLogger", "molecules", "Reading SMILES")
 
     RDLogger.DisableLog("rdApp.*")  # a bad SMILES is reported by the caller, once
     try:
@@ -258,7 +246,7 @@ class _MoleculeDataset(Dataset):
     def __len__(self) -> int:
         return self.x.shape[0]
 
-    def __getitem__(self, i: int):  # type: ignore[no-untyped-def]
+    def __getitem__(self, i: int):
         y = self.labels[i]
         targets = {t: y[j] for j, t in enumerate(self.tasks)}
         masks = {t: ~torch.isnan(y[j]) for j, t in enumerate(self.tasks)}
@@ -289,7 +277,9 @@ class MoleculeNetDataModule(SplitDataModule):
         split: ``"index"`` (file order), ``"random"`` (seeded by ``split_seed``) or
             ``"scaffold"`` (Bemis-Murcko scaffold sets, largest to train), as DeepChem's
             splitters; ``fractions`` train / val / test (80/10/10).
-        fingerprint_radius, fingerprint_size, chirality: the Morgan / ECFP featuriser.
+        fingerprint_radius: the Morgan fingerprint's radius (2: ECFP4, DeepChem's default).
+        fingerprint_size: its number of bits (1024).
+        chirality: whether the atom invariants include chirality.
         balance: per-sample loss weights of DeepChem's ``BalancingTransformer`` (binary
             tasks), counted over the whole file's labelled entries as DeepChem did in 2017.
         invalid_smiles: ``"error"`` (an unparsable SMILES is an error naming its line) or
@@ -298,8 +288,11 @@ class MoleculeNetDataModule(SplitDataModule):
         cache_dir: where the fingerprints are cached (default ``$LIT_MTL_CACHE`` or
             ``~/.cache/lit_mtl``), keyed by the file's sha256 and the featuriser's arguments;
             :attr:`cache_status` says ``"computed"`` or ``"hit"``.
-        batch_size, num_workers, pin_memory, persistent_workers, seed: the loaders (the
-            training order is a function of ``seed`` and the epoch).
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
+        seed: the training order is a function of ``seed`` and the epoch.
     """
 
     def __init__(
@@ -324,7 +317,13 @@ class MoleculeNetDataModule(SplitDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+        )
         if kind not in ("auto", "binary", "regression"):
             raise ValueError(f"kind must be 'auto', 'binary' or 'regression', got {kind!r}")
         if invalid_smiles not in ("error", "skip"):
@@ -348,16 +347,15 @@ class MoleculeNetDataModule(SplitDataModule):
             )
         self.task_specs = [TaskSpec(name, self.kind) for name in self.table.tasks]
         self.split, self.fractions, self.split_seed = split, tuple(fractions), int(split_seed)
-        self.fingerprint = {"radius": int(fingerprint_radius), "size": int(fingerprint_size),
-                            "chirality": bool(chirality)}  # fmt: skip
+        self.fingerprint: dict[str, Any] = {
+            "radius": int(fingerprint_radius),
+            "size": int(fingerprint_size),
+            "chirality": bool(chirality),
+        }
         self.balance, self.invalid_smiles = bool(balance), invalid_smiles
         self.cache_dir = Path(
             cache_dir or os.environ.get("LIT_MTL_CACHE") or Path.home() / ".cache" / "lit_mtl"
         )
-        self.batch_size, self.num_workers = int(batch_size), int(num_workers)
-        self.pin_memory, self.persistent_workers = bool(pin_memory), bool(persistent_workers)
-        self.seed = int(seed)
-        self.datasets = {}
         self.cache_status = ""
         self.skipped_lines: list[int] = []
         self.split_rows: dict[str, np.ndarray] = {}

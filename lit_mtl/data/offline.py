@@ -22,8 +22,6 @@ from lit_mtl._optional import require
 from lit_mtl.data.labelled import DerivedTask, LabelledDataModule
 from lit_mtl.data.overlay import overlay_pairs
 
-__all__ = ["DigitsDataModule", "DigitsOverlayDataModule", "MNIST1DDataModule", "make_mnist1d"]
-
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     datasets = require("sklearn.datasets", "data", "DigitsDataModule (scikit-learn's digits)")
@@ -58,10 +56,6 @@ class DigitsDataModule(LabelledDataModule):
             raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.test_fraction = float(test_fraction)
         self.save_hyperparameters()
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, 8, 8)
 
     def _load_split(self, split: str) -> tuple[Dataset, np.ndarray]:
         images, labels = _split_digits(self.test_fraction, self.seed)[split]
@@ -100,10 +94,6 @@ class DigitsOverlayDataModule(LabelledDataModule):
         self.test_fraction = float(test_fraction)
         self.copies = int(copies)
         self.save_hyperparameters()
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, 8, 8)
 
     def _load_split(self, split: str) -> tuple[Dataset, np.ndarray]:
         images, labels = _split_digits(self.test_fraction, self.seed)[split]
@@ -158,10 +148,6 @@ class MNIST1DDataModule(LabelledDataModule):
         self.data_seed = int(data_seed)
         self.save_hyperparameters()
         self._cache: dict[str, np.ndarray] | None = None
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (40,)
 
     def _load_split(self, split: str) -> tuple[Dataset, np.ndarray]:
         if self._cache is None:

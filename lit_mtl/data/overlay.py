@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["overlay", "overlay_pairs"]
-
 
 def overlay(left: Tensor, right: Tensor, offset: int) -> Tensor:
     """Place ``left`` at [0:s, 0:s] and ``right`` at [offset:offset+s, ...] of an (s + offset)^2

@@ -19,13 +19,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lit_mtl.data.loaders import SplitDataModule
+from lit_mtl.data.loaders import EmptySplit, SplitDataModule
 from lit_mtl.data.offline import _load_digits
 from lit_mtl.data.synthetic import MultiTaskTensorDataset
 from lit_mtl.data.task_loaders import CombineMode, check_combine
 from lit_mtl.tasks import TaskSpec, as_task_spec
-
-__all__ = ["DIGIT_DOMAINS", "DigitsDomainsDataModule", "PerTaskDataModule", "digit_domain"]
 
 SPLITS = ("train", "val", "test")
 
@@ -37,11 +35,16 @@ class PerTaskDataModule(SplitDataModule):
     Args:
         tasks: the task specs.
         train: ``{task: dataset}`` for every task.
-        val, test: the same for evaluation (each task on its own split), or None.
-        combine, temperature: how the training loaders are combined
+        val: the same for evaluation (each task on its own split), or None.
+        test: as ``val``.
+        combine: how the training loaders are combined
             (:mod:`lit_mtl.data.task_loaders`).
-        batch_size, num_workers, pin_memory, persistent_workers, seed: loader options (each
-            task's loader draws ``batch_size`` samples of its own dataset).
+        temperature: as ``combine``.
+        batch_size: each task's loader draws ``batch_size`` samples of its own dataset.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
+        seed: seed of the shuffling.
     """
 
     def __init__(
@@ -58,7 +61,15 @@ class PerTaskDataModule(SplitDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+            combine=combine,
+            temperature=temperature,
+        )
         check_combine(combine, temperature, "PerTaskDataModule")
         self.task_specs = [as_task_spec(t) for t in tasks]
         names = self.task_names
@@ -73,18 +84,14 @@ class PerTaskDataModule(SplitDataModule):
                     + (f"; missing: {missing}" if missing else "")
                     + (f"; unknown: {unknown}" if unknown else "")
                 )
-        self.combine, self.temperature = combine, float(temperature)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self._given = {"train": train, "val": val, "test": test}
-        self.datasets: dict[str, Any] = {}
 
     def optional_splits(self) -> tuple[str, ...]:
         return tuple(split for split in ("val", "test") if self._given[split] is None)
 
     def setup(self, stage: str | None = None) -> None:
         for split, given in self._given.items():
-            self.datasets[split] = dict(given) if given is not None else []
+            self.datasets[split] = dict(given) if given is not None else EmptySplit()
 
 
 # ---------------------------------------------------------------------------- digit domains
@@ -142,15 +149,21 @@ class DigitsDomainsDataModule(SplitDataModule):
         train_per_class: training images per class and domain (None: all of the domain's
             training part); the rest of the split sizes follow ``val_fraction`` /
             ``test_fraction`` of each domain's part.
-        val_fraction, test_fraction: of each domain's images.
+        val_fraction: of each domain's images.
+        test_fraction: of each domain's images.
         single_domain: only this domain's task (its data unchanged).
-        combine, temperature: how the domains' training loaders are combined.
-        batch_size, num_workers, pin_memory, persistent_workers: loader options.
+        combine: how the domains' training loaders are combined.
+        temperature: how the domains' training loaders are combined.
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
         seed: the assignment of images to domains and splits, the noise, the shuffling.
 
-    >>> dm = DigitsDomainsDataModule(domains=["original", "rotated"])
-    >>> dm.setup(); sorted(dm.datasets["train"]), len(dm.datasets["test"]["rotated"])
-    (['original', 'rotated'], 180)
+    Examples:
+        >>> dm = DigitsDomainsDataModule(domains=["original", "rotated"])
+        >>> dm.setup(); sorted(dm.datasets["train"]), len(dm.datasets["test"]["rotated"])
+        (['original', 'rotated'], 180)
     """
 
     def __init__(
@@ -168,7 +181,15 @@ class DigitsDomainsDataModule(SplitDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+            combine=combine,
+            temperature=temperature,
+        )
         domains = list(domains)
         unknown = [d for d in domains if d not in DIGIT_DOMAINS]
         if unknown or not domains or len(set(domains)) != len(domains):
@@ -192,23 +213,15 @@ class DigitsDomainsDataModule(SplitDataModule):
         self.save_hyperparameters()
         self.domains = domains
         self.single_domain = single_domain
-        self.combine, self.temperature = combine, float(temperature)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         kept = [single_domain] if single_domain is not None else domains
         self.task_specs = [TaskSpec(d, "multiclass", 10) for d in kept]
-        self.datasets: dict[str, dict[str, MultiTaskTensorDataset]] = {}
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, 8, 8)
 
     def domain_splits(self) -> dict[str, dict[str, tuple[Tensor, Tensor]]]:
         """{domain: {split: (images (N, 1, 8, 8), labels (N,))}} for every domain."""
         images, labels = _load_digits()
         rng = np.random.default_rng(int(self.seed))
         order = rng.permutation(len(labels))
-        hp = self.hparams
+        hp = self.arguments
         out: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
         for k, domain in enumerate(self.domains):
             part = order[k :: len(self.domains)]  # disjoint, equal parts

@@ -15,8 +15,9 @@ is a seeded ``val_fraction`` of ``trainval``; the test split is ``test``.
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -27,8 +28,6 @@ from lit_mtl._optional import require
 from lit_mtl.data.dense import DenseDataModule
 from lit_mtl.data.vision import download_error
 from lit_mtl.tasks import TaskSpec
-
-__all__ = ["OxfordPetDataModule"]
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
@@ -70,7 +69,10 @@ class OxfordPetDataModule(DenseDataModule):
         val_fraction: share of ``trainval`` held out for validation (seeded).
         download: let torchvision download the dataset (never in tests).
         augment: random scale-crop and flip of training batches (the trimap with the image).
-        batch_size, num_workers, pin_memory, persistent_workers: loader options.
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
         seed: seed of the validation split, the shuffling and the augmentation.
     """
 
@@ -87,7 +89,13 @@ class OxfordPetDataModule(DenseDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+        )
         if not 0 <= val_fraction < 1:
             raise ValueError(
                 f"OxfordPetDataModule: val_fraction must be in [0, 1), got {val_fraction}"
@@ -98,18 +106,11 @@ class OxfordPetDataModule(DenseDataModule):
         self.val_fraction = float(val_fraction)
         self.download = bool(download)
         self.augment = bool(augment)
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.task_specs = [
             TaskSpec("breed", "multiclass", 37),
             TaskSpec("species", "binary", 1),
             TaskSpec("trimap", "segmentation", 3),
         ]
-        self.datasets: dict[str, Dataset] = {}
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
 
     def _split(self, split: str) -> Dataset:
         datasets = require("torchvision.datasets", "vision", "OxfordPetDataModule")
@@ -136,8 +137,9 @@ class OxfordPetDataModule(DenseDataModule):
         if self.datasets:
             return
         trainval, test = self._split("trainval"), self._split("test")
-        order = torch.randperm(len(trainval), generator=torch.Generator().manual_seed(self.seed))
-        num_val = round(self.val_fraction * len(trainval))
+        size = len(cast(Sized, trainval))
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.seed))
+        num_val = round(self.val_fraction * size)
         self.datasets = {
             "train": Subset(trainval, order[num_val:].tolist()),
             "val": Subset(trainval, order[:num_val].tolist()),

@@ -18,7 +18,7 @@ second on one core. Seeded with a local generator.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 from torch import Tensor
@@ -26,8 +26,6 @@ from torch import Tensor
 from lit_mtl.data.dense import DenseDataModule, choose_tasks
 from lit_mtl.data.synthetic import MultiTaskTensorDataset
 from lit_mtl.tasks import TaskSpec
-
-__all__ = ["SCENE_CLASSES", "ProceduralScenesDataModule", "render_scenes"]
 
 SCENE_CLASSES = ("floor", "wall", "sphere", "box")
 _WALL_Z = 6.0
@@ -89,11 +87,12 @@ def render_scenes(
     """``num_scenes`` rendered scenes: images (N, 3, S, S) in [0, 1], classes (N, S, S) int64
     (:data:`SCENE_CLASSES`), depth (N, 1, S, S), normals (N, 3, S, S) unit vectors.
 
-    >>> images, classes, depth, normals = render_scenes(2, 16, torch.Generator().manual_seed(0))
-    >>> [tuple(t.shape) for t in (images, classes, depth, normals)]
-    [(2, 3, 16, 16), (2, 16, 16), (2, 1, 16, 16), (2, 3, 16, 16)]
-    >>> bool((normals.norm(dim=1) - 1).abs().max() < 1e-4), bool(depth.min() > 0)
-    (True, True)
+    Examples:
+        >>> images, classes, depth, normals = render_scenes(2, 16, torch.Generator().manual_seed(0))
+        >>> [tuple(t.shape) for t in (images, classes, depth, normals)]
+        [(2, 3, 16, 16), (2, 16, 16), (2, 1, 16, 16), (2, 3, 16, 16)]
+        >>> bool((normals.norm(dim=1) - 1).abs().max() < 1e-4), bool(depth.min() > 0)
+        (True, True)
     """
     if num_scenes < 1 or size < 4 or max_objects < 1:
         raise ValueError(
@@ -160,12 +159,17 @@ class ProceduralScenesDataModule(DenseDataModule):
 
     Args:
         image_size: side of the square images.
-        num_train, num_val, num_test: split sizes.
+        num_train: split sizes.
+        num_val: split sizes.
+        num_test: split sizes.
         max_objects: objects per scene are drawn from 1..max_objects.
         noise: standard deviation of the pixel noise.
         tasks: which of ``segmentation``, ``depth``, ``normal`` to serve.
         augment: the papers' random scale-crop and flip on training batches.
-        batch_size, num_workers, pin_memory, persistent_workers: loader options.
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
         seed: seed of the scenes, the shuffling and the augmentation.
 
     Task names as :class:`~lit_mtl.data.NYUv2DataModule`'s: ``segmentation``, ``depth``,
@@ -194,7 +198,13 @@ class ProceduralScenesDataModule(DenseDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+        )
         chosen = choose_tasks("ProceduralScenesDataModule", tasks, self.TASKS)
         for value, name in ((num_train, "num_train"), (num_val, "num_val"), (num_test, "num_test")):
             if value < 1:
@@ -205,21 +215,14 @@ class ProceduralScenesDataModule(DenseDataModule):
             )
         self.save_hyperparameters()
         self.task_specs = [self.TASKS[name] for name in chosen]
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.augment = bool(augment)
         self.image_size = int(image_size)
         self.in_channels = 3
-        self.datasets: dict[str, MultiTaskTensorDataset] = {}
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (3, self.image_size, self.image_size)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
             return
-        hp = self.hparams
+        hp = self.arguments
         generator = torch.Generator().manual_seed(int(hp.seed))
         for split, n in (("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test)):
             images, classes, depth, normals = render_scenes(
@@ -232,10 +235,11 @@ class ProceduralScenesDataModule(DenseDataModule):
     def uninformed_metrics(self, split: str = "test") -> dict[str, float]:
         """Metrics (pooled) of predictors that ignore the image, fitted on the training split:
         the majority class, the mean depth, the mean normal direction."""
-        from lit_mtl.dense_metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
+        from lit_mtl.metrics.dense import DepthMetrics, NormalMetrics, SegmentationMetrics
 
         self.setup()
-        train, evaluated = self.datasets["train"], self.datasets[split]
+        train = cast(MultiTaskTensorDataset, self.datasets["train"])
+        evaluated = cast(MultiTaskTensorDataset, self.datasets[split])
         out: dict[str, float] = {}
         for spec in self.task_specs:
             fit, target = train.targets[spec.name], evaluated.targets[spec.name]

@@ -12,20 +12,18 @@ shared_std = 10, task_std = 3.5, in_features = 250, out_features = 100.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from lit_mtl.data.loaders import EpochSeededSampler, SplitDataModule
+from lit_mtl._moved import moved_names
+from lit_mtl.data.loaders import SplitDataModule
 from lit_mtl.tasks import IGNORE_INDEX, TaskSpec
 
-__all__ = [
-    "EpochSeededSampler",
-    "MultiTaskTensorDataset",
-    "SyntheticDataModule",
-    "make_synthetic_tasks",
-]
+# a name this module re-exported before each name had one path
+__getattr__ = moved_names(__name__, "lit_mtl.data.loaders", ["EpochSeededSampler"])
 
 
 class MultiTaskTensorDataset(Dataset):
@@ -109,8 +107,13 @@ class SyntheticDataModule(SplitDataModule):
         label_noise: probability of replacing a class label by a uniformly random one.
         missing_fraction: per task name, fraction of training labels marked missing (NaN or -100),
             e.g. ``{"reg1": 0.5}``.
-        num_train, num_val, num_test: split sizes.
-        batch_size, num_workers, pin_memory, persistent_workers: loader options.
+        num_train: split sizes.
+        num_val: split sizes.
+        num_test: split sizes.
+        batch_size: samples per batch of every loader.
+        num_workers: DataLoader worker processes.
+        pin_memory: DataLoader ``pin_memory``.
+        persistent_workers: DataLoader ``persistent_workers``.
         seed: seed of the local generator (functions, inputs, noise, splits).
 
     Task names: ``reg0`` ... then ``cls0`` ...; :attr:`task_specs` is available right after
@@ -138,7 +141,13 @@ class SyntheticDataModule(SplitDataModule):
         persistent_workers: bool = False,
         seed: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(
+            batch_size=batch_size,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            seed=seed,
+        )
         if len(regression_scales) != len(regression_noise):
             raise ValueError(
                 f"regression_scales has {len(regression_scales)} entries but regression_noise has "
@@ -156,8 +165,6 @@ class SyntheticDataModule(SplitDataModule):
             if n < 1:
                 raise ValueError(f"{name} must be >= 1, got {n}")
         self.save_hyperparameters()
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        self.pin_memory, self.persistent_workers = pin_memory, persistent_workers
         self.in_features = in_features
         self.out_features = out_features
         self.regression_scales = [float(s) for s in regression_scales]
@@ -178,16 +185,11 @@ class SyntheticDataModule(SplitDataModule):
                 )
             if not 0 <= frac <= 1:
                 raise ValueError(f"missing_fraction[{name!r}] must be in [0, 1], got {frac}")
-        self.datasets: dict[str, MultiTaskTensorDataset] = {}
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.in_features,)
 
     def _generate(self) -> None:
-        hp = self.hparams
+        hp = self.arguments
         gen = torch.Generator().manual_seed(int(hp.seed))
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             in_features=self.in_features,
             out_features=self.out_features,
             regression_scales=self.regression_scales,

@@ -32,17 +32,6 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data._utils.collate import default_collate
 
-__all__ = [
-    "COMBINE_MODES",
-    "SAMPLING_MODES",
-    "CombineMode",
-    "TaskBatchCollate",
-    "TaskSamplingLoader",
-    "check_combine",
-    "resume_skips",
-    "task_sampling_probabilities",
-]
-
 CombineMode = Literal[
     "max_size_cycle", "min_size", "max_size", "proportional", "temperature", "uniform"
 ]
@@ -137,7 +126,7 @@ class TaskSamplingLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
         for loader in self.loaders.values():
-            sampler = getattr(loader, "sampler", None)
+            sampler: Any = getattr(loader, "sampler", None)  # any sampler with set_epoch
             if callable(getattr(sampler, "set_epoch", None)):
                 sampler.set_epoch(epoch)
 
@@ -162,7 +151,7 @@ class TaskSamplingLoader:
         lengths = [len(loader) for loader in self.loaders.values()]
         for k, loader in enumerate(self.loaders.values()):  # resume: each loader's position
             done = sum(1 for d in draws[:start] if d == k) % max(lengths[k], 1)
-            sampler = getattr(loader, "sampler", None)
+            sampler: Any = getattr(loader, "sampler", None)  # EpochSeededSampler skips
             if done and callable(getattr(sampler, "skip", None)):
                 sampler.skip(self.epoch, done * int(loader.batch_size or 1))
         iterators: list[Iterator[Any] | None] = [None] * len(self.names)

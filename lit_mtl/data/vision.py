@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from lit_mtl._optional import require
-from lit_mtl.data.labelled import DIGIT_TASKS, DerivedTask, LabelledDataModule
+from lit_mtl.data.labelled import DIGIT_TASKS, DerivedTask, LabelledDataModule, TaskDerivedDataset
 from lit_mtl.data.offline import OVERLAY_TASKS
 from lit_mtl.data.overlay import overlay_pairs
-
-__all__ = ["VISION_TASKS", "MultiMNISTDataModule", "TorchvisionDataModule"]
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10", "svhn"]
 
@@ -97,7 +95,8 @@ def _torchvision_dataset(
 def download_error(name: str, root: str, err: BaseException) -> OSError:
     """What a failed ``download=True`` says: no network, a checksum mismatch, or a partial file;
     and what to do about it."""
-    chain, current = [], err
+    chain: list[BaseException] = []
+    current: BaseException | None = err
     while current is not None and current not in chain:
         chain.append(current)
         current = current.__cause__ or current.__context__
@@ -179,7 +178,8 @@ class TorchvisionDataModule(LabelledDataModule):
         root: torchvision's root folder.
         download: passed to torchvision (default False: never touches the network).
         tasks: task names (see above); default: the class task.
-        train_transform, eval_transform: default ToTensor + the dataset's normalisation.
+        train_transform: default ToTensor + the dataset's normalisation.
+        eval_transform: default ToTensor + the dataset's normalisation.
         verify_checksums: compare CIFAR-10/SVHN files with torchvision's md5 list (default).
         **kwargs: ``classes``, ``labels_per_class``, ``val_fraction``, loader options, ``seed``
             (see :class:`~lit_mtl.data.labelled.LabelledDataModule`).
@@ -211,10 +211,6 @@ class TorchvisionDataModule(LabelledDataModule):
         self.eval_transform = eval_transform or default_transform(dataset)
         self.verify_checksums = bool(verify_checksums)
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, 28, 28) if self.dataset_name in ("mnist", "fashion_mnist") else (3, 32, 32)
-
     def prepare_data(self) -> None:
         if self.download:
             for train in (True, False):
@@ -237,7 +233,7 @@ class TorchvisionDataModule(LabelledDataModule):
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         # the validation split is carved from the training files: evaluate it without augmentation
-        val = self.datasets["val"]
+        val = cast(TaskDerivedDataset, self.datasets["val"])
         if self.train_transform is not self.eval_transform:
             base = _torchvision_dataset(
                 self.dataset_name,
@@ -259,7 +255,8 @@ class MultiMNISTDataModule(LabelledDataModule):
 
     Args:
         source: ``"mnist"`` or ``"fashion_mnist"`` (read through torchvision from ``root``).
-        root, download: as for :class:`TorchvisionDataModule`.
+        root: as for :class:`TorchvisionDataModule`.
+        download: as for :class:`TorchvisionDataModule`.
         copies: overlays per source image.
     """
 
@@ -285,10 +282,6 @@ class MultiMNISTDataModule(LabelledDataModule):
         self.root = str(root)
         self.download = bool(download)
         self.copies = int(copies)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (1, 28, 28)
 
     def cache_path(self, split: str) -> Path:
         return (

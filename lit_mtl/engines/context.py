@@ -15,8 +15,6 @@ from torch import Tensor, nn
 
 from lit_mtl.engines.distributed import masked_mean_over_ranks
 
-__all__ = ["StepContext", "loss_scale_of", "stack_losses", "step_context"]
-
 #: the function that recomputes the T task losses of the step's batch after the optimizer step
 #: (FAMO's l'), returning ((T,) losses, (T,) presence)
 RecomputeLosses = Callable[[], tuple[Tensor, Tensor]]

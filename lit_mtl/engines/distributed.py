@@ -9,15 +9,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = [
-    "all_gather_columns",
-    "all_reduce_max",
-    "all_reduce_mean",
-    "all_reduce_sum",
-    "masked_mean_over_ranks",
-    "world_size",
-]
-
 
 def world_size() -> int:
     if dist.is_available() and dist.is_initialized():

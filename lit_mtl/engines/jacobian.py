@@ -18,8 +18,6 @@ from torch import Tensor
 
 from lit_mtl.engines.distributed import all_reduce_mean, all_reduce_sum, world_size
 
-__all__ = ["Injection", "TaskJacobian", "float64_gramian", "inject_gradients"]
-
 #: float64 copies of J are made this many columns at a time (cache-sized: measured fastest)
 GRAMIAN_CHUNK_COLUMNS = 1 << 16
 
@@ -64,13 +62,13 @@ class _InjectGradients(torch.autograd.Function):
     tensor."""
 
     @staticmethod
-    def forward(ctx, value: Tensor, num_inputs: int, *tensors: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, value: Tensor, num_inputs: int, *tensors: Tensor) -> Tensor:
         ctx.num_inputs = num_inputs
         ctx.grads = tensors[num_inputs:]
         return value.clone()
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor):  # type: ignore[no-untyped-def, override]
+    def backward(ctx, grad_output: Tensor):
         grads = list(ctx.grads)
         ctx.grads = ()
         if grad_output.device.type != "cpu" or float(grad_output) != 1.0:

@@ -31,8 +31,6 @@ from lit_mtl.engines.parameters import ParameterEngine
 from lit_mtl.engines.representation import RepresentationEngine
 from lit_mtl.engines.views import is_task_views_of, set_views_listener
 
-__all__ = ["LayerNormEngine", "PendingNorms", "elementwise_chain"]
-
 #: autograd nodes whose Jacobian is diagonal (elementwise ops of one differentiable input)
 _ELEMENTWISE_NODES = frozenset(
     {
@@ -250,6 +248,7 @@ class LayerNormEngine:
         fast path reads no flag on the host)."""
         captured, self._captured = self._captured, None
         if captured is not None and self._fast_path_applies(ctx, captured):
+            assert ctx.representation is not None  # the fast path applies to a shared z only
             tasks = [i for i, loss in enumerate(ctx.losses) if loss.requires_grad]
             record = _LayerGradients(
                 captured.a,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +24,6 @@ from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.jacobian import Injection, TaskJacobian
 from lit_mtl.engines.representation import gradients_of, representation_gradients, scaled_losses
 from lit_mtl.models.base import encoder_hooks
-
-__all__ = ["ParameterEngine", "resolve_shared_target"]
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def resolve_shared_target(encoder: nn.Module, target: str) -> list[nn.Parameter]
     if target == "shared":
         params = [p for p in hooks.shared_parameters() if p.requires_grad]
     elif target == "last_shared_layer":
-        params = [hooks.last_shared_layer().weight]
+        params = [cast(nn.Parameter, hooks.last_shared_layer().weight)]
     else:
         named_params = dict(encoder.named_parameters())
         named_modules = dict(encoder.named_modules())

@@ -23,8 +23,6 @@ from torch import Tensor
 from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.jacobian import Injection, TaskJacobian, float64_gramian
 
-__all__ = ["RepresentationEngine", "gradients_of", "representation_gradients"]
-
 
 def gradients_of(
     losses: Sequence[Tensor], flags: Sequence[bool], inputs: Sequence[Tensor]
@@ -33,10 +31,9 @@ def gradients_of(
     calls of :func:`torch.autograd.grad`, each through that task's graph only."""
     per_input: list[list[Tensor]] = [[] for _ in inputs]
     for flag, loss in zip(flags, losses, strict=True):
+        grads: Sequence[Tensor | None] = (None,) * len(inputs)
         if flag and loss.requires_grad:
             grads = torch.autograd.grad(loss, list(inputs), retain_graph=True, allow_unused=True)
-        else:
-            grads = (None,) * len(inputs)
         for k, (g, t) in enumerate(zip(grads, inputs, strict=True)):
             per_input[k].append(torch.zeros_like(t) if g is None else g)
     return [torch.stack(rows) for rows in per_input]
@@ -149,9 +146,10 @@ class RepresentationEngine:
     ) -> TaskJacobian:
         self.check(ctx, owner)
         losses = scaled_losses(ctx)
-        reference = (
-            ctx.representation if ctx.representation is not None else ctx.task_representations[0]
-        )  # type: ignore[index]
+        reference = ctx.representation
+        if reference is None:
+            assert ctx.task_representations is not None  # check() said one of them is given
+            reference = ctx.task_representations[0]
         if not reference.requires_grad:
             zeros = reference.new_zeros((len(flags), reference.numel())).float()
             return TaskJacobian([zeros], "sum")

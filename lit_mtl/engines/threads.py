@@ -11,8 +11,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["single_threaded_blas"]
-
 _CONTROLLER: list[Any] = []
 
 

@@ -7,11 +7,10 @@ GradNorm's fast path (:mod:`lit_mtl.engines.layer_norms`) also listens to the no
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
-
-__all__ = ["is_task_views_of", "set_views_listener", "task_views"]
 
 
 class _TaskViews(torch.autograd.Function):
@@ -24,7 +23,7 @@ class _TaskViews(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z: Tensor, num_tasks: int) -> tuple[Tensor, ...]:  # type: ignore[override]
+    def forward(ctx, z: Tensor, num_tasks: int) -> tuple[Tensor, ...]:
         ctx.listener = None
         ctx.save_for_backward(z)  # no copy; reading it back checks z was not modified in place
         # aliases of z's memory (and of its version counter, so autograd still catches an
@@ -33,7 +32,7 @@ class _TaskViews(torch.autograd.Function):
         return tuple(z.detach() for _ in range(num_tasks))
 
     @staticmethod
-    def backward(ctx, *grads: Tensor):  # type: ignore[no-untyped-def, override]
+    def backward(ctx, *grads: Tensor):
         ctx.saved_tensors  # noqa: B018  (raises if a head modified its input in place)
         listener, ctx.listener = ctx.listener, None
         if listener is not None:
@@ -78,6 +77,7 @@ def is_task_views_of(views: Sequence[Tensor], representation: Tensor) -> bool:
     )
     return (
         is_ours
+        and node is not None
         and all(view.grad_fn is node for view in views)
         and node.next_functions[0][0] is representation.grad_fn
     )
@@ -87,4 +87,5 @@ def set_views_listener(
     views: Sequence[Tensor], listener: Callable[[Sequence[Tensor]], None]
 ) -> None:
     """Have the views' node call ``listener(per-task gradients)`` during its next backward."""
-    views[0].grad_fn.listener = listener
+    node: Any = views[0].grad_fn  # _TaskViews' backward node (is_task_views_of says so)
+    node.listener = listener

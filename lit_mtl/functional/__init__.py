@@ -2,6 +2,7 @@
 state, no buffers, no Lightning, no cross-rank communication."""
 
 from lit_mtl.functional.aggregation import (
+    ZERO_GRADIENT_RTOL,
     aligned_mtl_coefficients,
     cagrad_coefficients,
     cagrad_solve,
@@ -13,8 +14,25 @@ from lit_mtl.functional.aggregation import (
     project_to_simplex,
     upgrad_coefficients,
 )
+from lit_mtl.functional.dense_metrics import (
+    ANGLE_BIN_DEGREES,
+    ANGLE_THRESHOLDS,
+    DENSE_REDUCTIONS,
+    angle_errors,
+    depth_metrics,
+    depth_statistics,
+    depth_valid,
+    exact_median,
+    normal_metrics,
+    normal_statistics,
+    normal_statistics_size,
+    normal_valid,
+    segmentation_metrics,
+    segmentation_statistics,
+)
 from lit_mtl.functional.loss_weighting import (
     UNCERTAINTY_FORMS,
+    array_namespace,
     db_mtl_ema,
     db_mtl_scales,
     dwa_weights,
@@ -25,26 +43,58 @@ from lit_mtl.functional.loss_weighting import (
     uncertainty_weighted_terms,
     uncertainty_weights,
 )
-from lit_mtl.functional.optim import adam_step
+from lit_mtl.functional.optim import adam_step, split_weight_decay
+from lit_mtl.functional.ranking_metrics import average_precision, roc_auc
+from lit_mtl.functional.task_metrics import (
+    label_table_metrics,
+    label_table_statistics,
+    multiclass_metrics,
+    multiclass_statistics,
+    regression_metrics,
+)
 
 __all__ = [
+    "ANGLE_BIN_DEGREES",
+    "ANGLE_THRESHOLDS",
+    "DENSE_REDUCTIONS",
     "UNCERTAINTY_FORMS",
+    "ZERO_GRADIENT_RTOL",
     "adam_step",
     "aligned_mtl_coefficients",
+    "angle_errors",
+    "array_namespace",
+    "average_precision",
     "cagrad_coefficients",
     "cagrad_solve",
     "db_mtl_ema",
     "db_mtl_scales",
+    "depth_metrics",
+    "depth_statistics",
+    "depth_valid",
     "dual_cone_projection_weights",
     "dwa_weights",
+    "exact_median",
     "famo_logit_gradient",
     "famo_weights",
     "gradnorm_weight_gradient",
     "imtl_g_coefficients",
+    "label_table_metrics",
+    "label_table_statistics",
     "min_norm_coefficients",
+    "multiclass_metrics",
+    "multiclass_statistics",
     "nash_mtl_coefficients",
+    "normal_metrics",
+    "normal_statistics",
+    "normal_statistics_size",
+    "normal_valid",
     "pcgrad_coefficients",
     "project_to_simplex",
+    "regression_metrics",
+    "roc_auc",
+    "segmentation_metrics",
+    "segmentation_statistics",
+    "split_weight_decay",
     "uncertainty_form_table",
     "uncertainty_weighted_terms",
     "uncertainty_weights",

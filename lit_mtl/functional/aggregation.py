@@ -25,20 +25,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "ZERO_GRADIENT_RTOL",
-    "aligned_mtl_coefficients",
-    "cagrad_coefficients",
-    "cagrad_solve",
-    "dual_cone_projection_weights",
-    "imtl_g_coefficients",
-    "min_norm_coefficients",
-    "nash_mtl_coefficients",
-    "pcgrad_coefficients",
-    "project_to_simplex",
-    "upgrad_coefficients",
-]
-
 
 def _as_numpy(gramian: Tensor | np.ndarray) -> np.ndarray:
     if isinstance(gramian, Tensor):
@@ -462,4 +448,4 @@ def upgrad_coefficients(
     trace = float(np.trace(g))
     g = np.zeros_like(g) if trace < norm_eps else g / trace
     g = g + reg_eps * np.eye(t)
-    return sum(dual_cone_projection_weights(g, p[i] * np.eye(t)[i]) for i in range(t))
+    return np.sum([dual_cone_projection_weights(g, p[i] * np.eye(t)[i]) for i in range(t)], axis=0)

@@ -46,23 +46,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = [
-    "ANGLE_BIN_DEGREES",
-    "ANGLE_THRESHOLDS",
-    "DENSE_REDUCTIONS",
-    "angle_errors",
-    "depth_metrics",
-    "depth_statistics",
-    "depth_valid",
-    "exact_median",
-    "normal_metrics",
-    "normal_statistics",
-    "normal_statistics_size",
-    "normal_valid",
-    "segmentation_metrics",
-    "segmentation_statistics",
-]
-
 DENSE_REDUCTIONS = ("pooled", "per_batch")
 ANGLE_THRESHOLDS = (11.25, 22.5, 30.0)
 ANGLE_BIN_DEGREES = 0.01

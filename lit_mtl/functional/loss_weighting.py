@@ -20,20 +20,6 @@ from torch import Tensor
 #: a torch tensor or a numpy array (the rules below accept either)
 Array = Any
 
-__all__ = [
-    "UNCERTAINTY_FORMS",
-    "array_namespace",
-    "db_mtl_ema",
-    "db_mtl_scales",
-    "dwa_weights",
-    "famo_logit_gradient",
-    "famo_weights",
-    "gradnorm_weight_gradient",
-    "uncertainty_form_table",
-    "uncertainty_weighted_terms",
-    "uncertainty_weights",
-]
-
 
 def array_namespace(x: Array) -> ModuleType:
     """``numpy`` for a numpy array, ``torch`` for a tensor: the module whose functions the rules
@@ -56,8 +42,10 @@ def _positive(x: Array, floor: float) -> Array:
 def dwa_weights(previous: Tensor, before_previous: Tensor, temperature: float) -> Tensor:
     """DWA (Liu et al. 2019): lambda_k = T softmax_k(r_k / Temp), r_k = L_k(t-1) / L_k(t-2).
 
-    >>> [round(w, 5) for w in dwa_weights(torch.tensor([0.5, 1.0]), torch.ones(2), 2.0).tolist()]
-    [0.87565, 1.12435]
+    Examples:
+        >>> weights = dwa_weights(torch.tensor([0.5, 1.0]), torch.ones(2), 2.0)
+        >>> [round(w, 5) for w in weights.tolist()]
+        [0.87565, 1.12435]
     """
     ratio = previous / before_previous
     return previous.numel() * torch.softmax(ratio / temperature, dim=0)

@@ -12,8 +12,6 @@ from typing import Any
 
 Array = Any  # a torch tensor or a numpy array
 
-__all__ = ["adam_step", "split_weight_decay"]
-
 
 def adam_step(
     param: Array,
@@ -31,12 +29,13 @@ def adam_step(
     ``step`` is the step's number (1 for the first step; an array keeps it on the device).
     Returns the new (param, exp_avg, exp_avg_sq); the inputs are not modified.
 
-    >>> import torch
-    >>> zeros = torch.zeros(2, dtype=torch.float64)
-    >>> p, m, v = adam_step(zeros, torch.tensor([1.0, -2.0], dtype=torch.float64), zeros, zeros,
-    ...                     step=1, lr=0.1)
-    >>> [round(x, 6) for x in p.tolist()]
-    [-0.1, 0.1]
+    Examples:
+        >>> import torch
+        >>> zeros = torch.zeros(2, dtype=torch.float64)
+        >>> p, m, v = adam_step(zeros, torch.tensor([1.0, -2.0], dtype=torch.float64), zeros, zeros,
+        ...                     step=1, lr=0.1)
+        >>> [round(x, 6) for x in p.tolist()]
+        [-0.1, 0.1]
     """
     beta1, beta2 = betas
     grad = grad + weight_decay * param if weight_decay else grad
@@ -53,10 +52,12 @@ def split_weight_decay(groups: Sequence[dict]) -> list[dict]:
     others (biases, norms' scales) with ``weight_decay=0`` (named ``{name}/no_decay``);
     empty groups are left out.
 
-    >>> from torch import nn
-    >>> groups = split_weight_decay([{"params": list(nn.Linear(2, 3).parameters()), "name": "a"}])
-    >>> [(g["name"], len(g["params"]), g.get("weight_decay")) for g in groups]
-    [('a', 1, None), ('a/no_decay', 1, 0.0)]
+    Examples:
+        >>> from torch import nn
+        >>> layer = nn.Linear(2, 3)
+        >>> groups = split_weight_decay([{"params": list(layer.parameters()), "name": "a"}])
+        >>> [(g["name"], len(g["params"]), g.get("weight_decay")) for g in groups]
+        [('a', 1, None), ('a/no_decay', 1, 0.0)]
     """
     out: list[dict] = []
     for group in groups:

@@ -18,8 +18,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["average_precision", "roc_auc"]
-
 
 def _checked(scores: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     if scores.shape != labels.shape or scores.dim() != 1:

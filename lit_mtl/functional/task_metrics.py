@@ -30,14 +30,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = [
-    "label_table_metrics",
-    "label_table_statistics",
-    "multiclass_metrics",
-    "multiclass_statistics",
-    "regression_metrics",
-]
-
 
 def regression_metrics(stats: Tensor) -> dict[str, Tensor]:
     """``mse`` and ``mae`` from ``[count, sum of squared errors, sum of |errors|]``."""

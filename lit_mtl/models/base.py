@@ -35,8 +35,6 @@ from torch import Tensor, nn
 from lit_mtl.models.layers import Tower
 from lit_mtl.tasks import DenseHead, PooledLinear, TaskSpec
 
-__all__ = ["Encoder", "TaskBinding", "encoder_hooks"]
-
 #: the hooks of the contract, which a module outside the Encoder hierarchy must not define
 HOOKS = (
     "layer_groups",

@@ -11,8 +11,6 @@ from torch import Tensor, nn
 from lit_mtl.models.base import Encoder, _DenseEncoder
 from lit_mtl.models.layers import _check_images, _conv_bn_relu
 
-__all__ = ["CNNEncoder", "Conv1dEncoder", "DenseCNNEncoder"]
-
 
 class CNNEncoder(Encoder):
     """Small 2-D CNN: [Conv3x3 -> BatchNorm -> ReLU -> MaxPool2] per stage, then global avg pool.

@@ -8,10 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_mtl._modules import TypedModuleList
 from lit_mtl.models.base import _PerTaskEncoder
 from lit_mtl.models.layers import _activation
-
-__all__ = ["CrossStitch"]
 
 
 class CrossStitch(_PerTaskEncoder):
@@ -25,18 +24,20 @@ class CrossStitch(_PerTaskEncoder):
         in_features: input width.
         widths: the layers of each task's network; the last is the representation width.
         alpha_same: the initial weight of a task's own activations.
-        tower_widths, activation: as :class:`MMoE`.
+        tower_widths: as :class:`MMoE`.
+        activation: as :class:`MMoE`.
 
     Nothing is hard-shared: through the stitches every task's loss reaches every network, so
     ``shared_parameters()`` (``target="shared"``) is every parameter, and there is no last
     shared layer (GradNorm's default W): an error that says so.
 
-    >>> net = CrossStitch(4, widths=[8, 8])
-    >>> net.bind_tasks(["a", "b"])
-    >>> [tuple(z.shape) for z in net(torch.zeros(3, 4))]
-    [(3, 8), (3, 8)]
-    >>> torch.allclose(net.stitches[0], torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
-    True
+    Examples:
+        >>> net = CrossStitch(4, widths=[8, 8])
+        >>> net.bind_tasks(["a", "b"])
+        >>> [tuple(z.shape) for z in net(torch.zeros(3, 4))]
+        [(3, 8), (3, 8)]
+        >>> torch.allclose(net.stitches[0], torch.tensor([[0.9, 0.1], [0.1, 0.9]]))
+        True
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class CrossStitch(_PerTaskEncoder):
         if not 0.0 <= alpha_same <= 1.0:
             raise ValueError(f"CrossStitch: alpha_same must be in [0, 1], got {alpha_same}")
         self.alpha_same = float(alpha_same)
-        self.networks = nn.ModuleList()  # task -> layers
+        self.networks: TypedModuleList[nn.ModuleList] = TypedModuleList()  # task -> layers
         self.stitches = nn.ParameterList()  # layer -> (T, T)
 
     def _build_tasks(self, num_tasks: int) -> None:

@@ -10,8 +10,6 @@ from torch import Tensor, nn
 from lit_mtl.models.base import Encoder
 from lit_mtl.models.layers import _activation
 
-__all__ = ["MLPEncoder"]
-
 
 class MLPEncoder(Encoder):
     """Fully connected trunk: [Linear -> (BatchNorm) -> activation -> (Dropout)] per hidden layer.

@@ -33,10 +33,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_mtl._modules import TypedModuleList
 from lit_mtl.models.base import _PerTaskEncoder
 from lit_mtl.models.layers import _Experts, _Gate, _mix
-
-__all__ = ["CGC", "PLE", "MMoE", "OMoE"]
 
 
 class _GatedEncoder(_PerTaskEncoder):
@@ -78,10 +77,11 @@ class MMoE(_GatedEncoder):
 
     Shared parameters: the experts. Layer groups: ``experts``, ``gates``.
 
-    >>> mmoe = MMoE(4, num_experts=3, expert_widths=[8])
-    >>> mmoe.bind_tasks(["a", "b"])
-    >>> [tuple(z.shape) for z in mmoe(torch.zeros(5, 4))]
-    [(5, 8), (5, 8)]
+    Examples:
+        >>> mmoe = MMoE(4, num_experts=3, expert_widths=[8])
+        >>> mmoe.bind_tasks(["a", "b"])
+        >>> [tuple(z.shape) for z in mmoe(torch.zeros(5, 4))]
+        [(5, 8), (5, 8)]
     """
 
     def __init__(
@@ -149,18 +149,22 @@ class PLE(_GatedEncoder):
     Args:
         in_features: input width.
         levels: extraction levels.
-        num_shared_experts, num_task_experts: experts per level.
+        num_shared_experts: experts per level.
+        num_task_experts: experts per level.
         expert_widths: each expert's MLP widths (all levels); the last is the representation
             width.
-        tower_widths, gate_dropout, activation: as :class:`MMoE`.
+        tower_widths: as :class:`MMoE`.
+        gate_dropout: as :class:`MMoE`.
+        activation: as :class:`MMoE`.
 
     Shared parameters: the shared experts and the shared gates. Expert-use diagnostics report
     the last level's task gates (own experts first, then the shared ones).
 
-    >>> ple = PLE(4, levels=2, num_shared_experts=2, num_task_experts=1, expert_widths=[6])
-    >>> ple.bind_tasks(["a", "b", "c"])
-    >>> [tuple(z.shape) for z in ple(torch.zeros(5, 4))]
-    [(5, 6), (5, 6), (5, 6)]
+    Examples:
+        >>> ple = PLE(4, levels=2, num_shared_experts=2, num_task_experts=1, expert_widths=[6])
+        >>> ple.bind_tasks(["a", "b", "c"])
+        >>> [tuple(z.shape) for z in ple(torch.zeros(5, 4))]
+        [(5, 6), (5, 6), (5, 6)]
     """
 
     def __init__(
@@ -189,8 +193,9 @@ class PLE(_GatedEncoder):
         self.gate_dropout = float(gate_dropout)
         self.shared_experts = nn.ModuleList()
         self.shared_gates = nn.ModuleList()
-        self.task_experts = nn.ModuleList()  # level -> task -> experts
-        self.task_gates = nn.ModuleList()  # level -> task -> gate
+        # level -> task -> experts, level -> task -> gate
+        self.task_experts: TypedModuleList[nn.ModuleList] = TypedModuleList()
+        self.task_gates: TypedModuleList[nn.ModuleList] = TypedModuleList()
 
     def _build_tasks(self, num_tasks: int) -> None:
         width = self.out_features

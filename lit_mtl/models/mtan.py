@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import Tensor, nn
 
+from lit_mtl._modules import TypedModuleList
 from lit_mtl.models.base import TaskBinding
 from lit_mtl.models.layers import _attention, _check_images, _conv_bn_relu
 from lit_mtl.models.segnet import SegNetEncoder
-
-__all__ = ["SegNetMTAN"]
 
 
 class SegNetMTAN(TaskBinding, SegNetEncoder):
@@ -28,10 +28,11 @@ class SegNetMTAN(TaskBinding, SegNetEncoder):
     Shared parameters (``target="shared"``): the SegNet and the shared conv blocks of the
     attention path; each task's attention modules are its own.
 
-    >>> mtan = SegNetMTAN(3, (4, 4, 8, 8, 8))
-    >>> mtan.bind_tasks(["seg", "depth"])
-    >>> [tuple(z.shape) for z in mtan(torch.zeros(1, 3, 32, 32))]
-    [(1, 4, 32, 32), (1, 4, 32, 32)]
+    Examples:
+        >>> mtan = SegNetMTAN(3, (4, 4, 8, 8, 8))
+        >>> mtan.bind_tasks(["seg", "depth"])
+        >>> [tuple(z.shape) for z in mtan(torch.zeros(1, 3, 32, 32))]
+        [(1, 4, 32, 32), (1, 4, 32, 32)]
     """
 
     declares_shared_parameters = True
@@ -49,8 +50,9 @@ class SegNetMTAN(TaskBinding, SegNetEncoder):
         self.decoder_block_att = nn.ModuleList(
             [_conv_bn_relu(f[0], f[0])] + [_conv_bn_relu(f[k], f[k - 1]) for k in range(1, 5)]
         )
-        self.encoder_att = nn.ModuleList()  # task -> level -> attention
-        self.decoder_att = nn.ModuleList()
+        # task -> level -> attention
+        self.encoder_att: TypedModuleList[nn.ModuleList] = TypedModuleList()
+        self.decoder_att: TypedModuleList[nn.ModuleList] = TypedModuleList()
         self.task_names: list[str] = []
 
     def _build_tasks(self, num_tasks: int) -> None:
@@ -88,12 +90,12 @@ class SegNetMTAN(TaskBinding, SegNetEncoder):
             x = level(up)
             upsampled.append(up)
             decoded.append(x)
-        outputs = []
+        outputs: list[Tensor] = []
         for enc_att, dec_att in zip(self.encoder_att, self.decoder_att, strict=True):
-            a = None
-            for j in range(5):
-                context = first[j] if a is None else torch.cat([first[j], a], dim=1)
-                attended = enc_att[j](context) * last[j]
+            a = enc_att[0](first[0]) * last[0]
+            a = nn.functional.max_pool2d(self.encoder_block_att[0](a), 2, 2)
+            for j in range(1, 5):
+                attended = enc_att[j](torch.cat([first[j], a], dim=1)) * last[j]
                 a = nn.functional.max_pool2d(self.encoder_block_att[j](attended), 2, 2)
             for j in range(5):  # decoder levels, deepest first
                 k = 4 - j
@@ -108,7 +110,8 @@ class SegNetMTAN(TaskBinding, SegNetEncoder):
     def last_shared_layer(self) -> nn.Module:
         """The SegNet decoder's last convolution: every task's attended output is a mask times
         its output (GradNorm's W; the last module with a weight is a task's attention)."""
-        return self.up[0][-1][0]
+        last_block = cast(nn.Sequential, self.up[0][-1])  # _conv_bn_relu: (conv, norm, relu)
+        return last_block[0]
 
     def shared_parameters(self) -> list[nn.Parameter]:
         modules = [self.down, self.up, self.encoder_block_att, self.decoder_block_att]

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from lit_mtl._modules import TypedModuleList
 from lit_mtl.models.base import _DenseEncoder
 from lit_mtl.models.layers import _check_images, _conv_bn_relu
-
-__all__ = ["SegNetEncoder"]
 
 
 class SegNetEncoder(_DenseEncoder):
@@ -55,7 +54,7 @@ class SegNetEncoder(_DenseEncoder):
         self.out_features = f[0]
         depth = (2, 2, 3, 3, 3)  # conv layers per level (the first one changes the width)
         ins = [self.in_channels, *f[:-1]]
-        self.down = nn.ModuleList(
+        self.down: TypedModuleList[nn.Sequential] = TypedModuleList(
             nn.Sequential(
                 _conv_bn_relu(ins[i], f[i]),
                 *[_conv_bn_relu(f[i], f[i]) for _ in range(depth[i] - 1)],
@@ -64,7 +63,7 @@ class SegNetEncoder(_DenseEncoder):
         )
         # decoder level i (deepest first) maps f[i] -> f[i - 1] (f[0] -> f[0] at the top)
         outs = [f[0], *f[:-1]]
-        self.up = nn.ModuleList(
+        self.up: TypedModuleList[nn.Sequential] = TypedModuleList(
             nn.Sequential(
                 _conv_bn_relu(f[i], outs[i]),
                 *[_conv_bn_relu(outs[i], outs[i]) for _ in range(depth[i] - 1)],

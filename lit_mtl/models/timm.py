@@ -19,14 +19,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from torch import Tensor, nn
 
 from lit_mtl._optional import require
 from lit_mtl.models.base import Encoder
-
-__all__ = ["LooseParameters", "TimmEncoder", "timm_layer_ids"]
 
 
 class LooseParameters:
@@ -52,7 +50,8 @@ def timm_layer_ids(model: nn.Module) -> dict[str, int]:
     model's ``group_matcher(coarse=False)``, else timm's automatic grouping)."""
     models = require("timm.models", "timm", "timm layer groups")
     if hasattr(model, "group_matcher"):
-        return dict(models.group_parameters(model, model.group_matcher(coarse=False), reverse=True))
+        matcher = cast(Any, model).group_matcher(coarse=False)  # a timm model's own grouping
+        return dict(models.group_parameters(model, matcher, reverse=True))
     from timm.optim._param_groups import auto_group_layers  # timm's own fallback
 
     return dict(auto_group_layers(model))

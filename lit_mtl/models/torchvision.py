@@ -14,8 +14,6 @@ from lit_mtl.models.base import Encoder, _DenseEncoder
 from lit_mtl.models.layers import _check_images
 from lit_mtl.tasks import PooledLinear, TaskSpec
 
-__all__ = ["DilatedResNetEncoder", "TorchvisionEncoder"]
-
 _CLASSIFIER_ATTRS = ("fc", "classifier", "head", "heads")
 
 

@@ -3,21 +3,12 @@ name, single-input or multi-input (``{task: batch}``), and the checks that name 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-
-__all__ = [
-    "TaskBatch",
-    "check_targets",
-    "is_multi_input",
-    "shared_inputs",
-    "total_batch_size",
-    "unpack_batch",
-    "unpack_task_batch",
-]
 
 Batch = Any
 
@@ -60,8 +51,14 @@ def unpack_task_batch(batch: Batch) -> TaskBatch:
 
 
 def unpack_batch(batch: Batch) -> tuple[Tensor, Mapping[str, Tensor], Mapping[str, Tensor]]:
-    """Split a batch into (inputs, targets by task, masks by task); see
-    :func:`unpack_task_batch` for the accepted forms."""
+    """Deprecated: (inputs, targets, masks) of :func:`unpack_task_batch`, which also returns the
+    weights; kept for scripts written before it."""
+    warnings.warn(
+        "unpack_batch is deprecated: unpack_task_batch(batch) returns a TaskBatch "
+        "(inputs, targets, masks, weights)",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     parsed = unpack_task_batch(batch)
     return parsed.inputs, parsed.targets, parsed.masks
 

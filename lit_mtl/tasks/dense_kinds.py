@@ -42,14 +42,6 @@ from lit_mtl.tasks.vector_kinds import ClassIndices, SquaredError
 if TYPE_CHECKING:
     from lit_mtl.tasks.spec import TaskSpec
 
-__all__ = [
-    "DenseKind",
-    "DenseRegressionKind",
-    "DepthKind",
-    "NormalsKind",
-    "SegmentationKind",
-]
-
 
 class DenseKind(TaskKind):
     """A kind whose prediction and target are maps; the default head is a

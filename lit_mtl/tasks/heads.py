@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["DenseHead", "PooledLinear"]
-
 
 class PooledLinear(nn.Linear):
     """``nn.Linear`` that first averages a feature map over its trailing (spatial) dimensions:

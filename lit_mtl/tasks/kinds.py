@@ -34,17 +34,6 @@ from lit_mtl.tasks.heads import PooledLinear
 if TYPE_CHECKING:
     from lit_mtl.tasks.spec import TaskSpec
 
-__all__ = [
-    "IGNORE_INDEX",
-    "METRIC_DIRECTIONS",
-    "RANKING_METRICS",
-    "TaskKind",
-    "get_kind",
-    "metric_name_directions",
-    "register_kind",
-    "task_kinds",
-]
-
 #: the label value that marks a missing class label (binary, multiclass, multilabel)
 IGNORE_INDEX = -100
 #: the metrics of a ranked kind computed from the epoch's scores, not from statistics

@@ -12,8 +12,6 @@ from lit_mtl.tasks.batch import TaskBatch
 from lit_mtl.tasks.spec import TaskSpec
 from lit_mtl.tasks.task import product_logit
 
-__all__ = ["check_task_relations", "conditional_mask", "with_derived"]
-
 
 def check_task_relations(specs: Sequence[TaskSpec], selected: Sequence[str]) -> None:
     """Parents and product factors name binary tasks (factors with heads); a selected product

@@ -8,8 +8,6 @@ from typing import Any
 
 from lit_mtl.tasks.kinds import IGNORE_INDEX, TaskKind, get_kind, task_kinds
 
-__all__ = ["TaskSpec", "as_task_spec"]
-
 
 @dataclass(frozen=True)
 class TaskSpec:

@@ -30,9 +30,6 @@ from lit_mtl.functional.dense_metrics import DENSE_REDUCTIONS
 from lit_mtl.tasks.kinds import IGNORE_INDEX
 from lit_mtl.tasks.spec import TaskSpec
 
-__all__ = ["WEIGHTED_DENOMINATORS", "Task", "product_logit"]
-
-
 #: what a weighted task loss ``sum_i w_i l_i`` is divided by
 WEIGHTED_DENOMINATORS = ("weights", "batch")
 

@@ -25,8 +25,6 @@ from lit_mtl.tasks.kinds import IGNORE_INDEX, TaskKind, log_of, register_kind
 if TYPE_CHECKING:
     from lit_mtl.tasks.spec import TaskSpec
 
-__all__ = ["BinaryKind", "MulticlassKind", "MultilabelKind", "RegressionKind", "SquaredError"]
-
 
 class SquaredError(TaskKind):
     """The MSE loss over the labelled entries, with ``[count, sum of squared errors, sum of

@@ -32,11 +32,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from lit_mtl.data.loaders import SplitDataModule
+from lit_mtl.data.loaders import EmptySplit, SplitDataModule
 from lit_mtl.data.synthetic import MultiTaskTensorDataset
+from lit_mtl.models.base import encoder_hooks
 from lit_mtl.tasks.batch import unpack_task_batch
-
-__all__ = ["CachedFeatureDataModule", "FeatureInput", "encoder_fingerprint"]
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
@@ -87,9 +86,10 @@ class CachedFeatureDataModule(SplitDataModule):
         datamodule: the DataModule of the probe (one dataset per split, no augmentation: a
             DataModule that changes its inputs per epoch cannot be cached).
         encoder: the frozen encoder (its source weights loaded, or given by ``source``).
-        source, source_prefix: source weights to load into ``encoder`` first (strict;
+        source: source weights to load into ``encoder`` first (strict;
             :func:`~lit_mtl.transfer.load_source_into`), e.g. ``encoder.`` of a
             MultiTaskModule checkpoint: what a config needs.
+        source_prefix: as ``source``.
         cache_dir: where feature files go (and are found again); None: in memory, or, for a
             split above ``max_memory_mb``, a file in the temporary directory.
         max_memory_mb: the largest split kept in memory without ``cache_dir``.
@@ -112,7 +112,9 @@ class CachedFeatureDataModule(SplitDataModule):
         source: str | None = None,
         source_prefix: str = "",
     ) -> None:
-        super().__init__()
+        # the loaders of the cached splits are the source DataModule's
+        loader_options = ("batch_size", "seed", "num_workers", "pin_memory", "persistent_workers")
+        super().__init__(**{name: getattr(datamodule, name) for name in loader_options})
         if source:
             from lit_mtl.transfer.loading import load_source_into
 
@@ -129,16 +131,13 @@ class CachedFeatureDataModule(SplitDataModule):
         self.pass_batch_size = int(batch_size or datamodule.batch_size)
         self.device = torch.device(device)
         self.task_specs = list(datamodule.task_specs)
-        for attr in ("batch_size", "seed", "num_workers", "pin_memory", "persistent_workers"):
-            setattr(self, attr, getattr(datamodule, attr))
-        self.datasets: dict[str, Any] = {}
         self.cache_status: dict[str, str] = {}
         #: the feature file of each split kept on disk
         self.cache_files: dict[str, Path] = {}
 
     @property
     def out_features(self) -> int:
-        return int(self.encoder.out_features)
+        return int(encoder_hooks(self.encoder).out_features)
 
     def optional_splits(self) -> tuple[str, ...]:
         return self.source.optional_splits()
@@ -156,7 +155,7 @@ class CachedFeatureDataModule(SplitDataModule):
                     "CachedFeatureDataModule: one dataset per task (multi-input) is not supported"
                 )
             if dataset is None or len(dataset) == 0:  # type: ignore[arg-type]
-                self.datasets[split] = dataset if dataset is not None else []
+                self.datasets[split] = dataset if dataset is not None else EmptySplit()
                 continue
             self.datasets[split] = self._features(split, dataset, state.copy())
 

@@ -7,8 +7,6 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["is_l2sp_weight", "l2sp_penalty"]
-
 
 def is_l2sp_weight(module: nn.Module, name: str) -> bool:
     """Weight matrices / kernels only (the authors' choice): not biases, not normalisation."""

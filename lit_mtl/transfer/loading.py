@@ -29,20 +29,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lit_mtl.checkpoints import UnsafeCheckpointError, check_checkpoint_file, read_checkpoint
+from lit_mtl._moved import moved_names
+from lit_mtl.checkpoints import check_checkpoint_file, read_checkpoint
 from lit_mtl.models.base import Encoder
 
-__all__ = [
-    "HF_WEIGHT_FILES",
-    "CheckpointMismatchError",
-    "LoadReport",
-    "UnsafeCheckpointError",
-    "hf_folder_weights",
-    "load_source_into",
-    "map_keys",
-    "read_state_dict",
-    "replaced_source_keys",
-]
+# a name this module re-exported before each name had one path
+__getattr__ = moved_names(__name__, "lit_mtl.checkpoints", ["UnsafeCheckpointError"])
 
 log = logging.getLogger(__name__)
 _WRAPPER = re.compile(r"(^|\.)(module|_orig_mod)\.")
@@ -175,7 +167,7 @@ def _check_architecture(target: nn.Module, folder: Path) -> None:
     """A folder whose config.json names another architecture than the target's encoder
     (``architecture`` of a :class:`~lit_mtl.TimmEncoder`) is an error naming both."""
     recorded = hf_folder_architecture(folder)
-    built = {m.architecture for m in target.modules() if isinstance(m, Encoder)} - {None}
+    built = {m.architecture for m in target.modules() if isinstance(m, Encoder) and m.architecture}
     if recorded and built and recorded not in built:
         raise ValueError(
             f"source folder {str(folder)!r} holds a {recorded!r} (config.json) but the target is "

@@ -26,16 +26,6 @@ from torch import Tensor, nn
 
 from lit_mtl._optional import require
 
-__all__ = [
-    "ADAPTABLE",
-    "adapter_state_dict",
-    "inject_lora",
-    "load_adapters",
-    "lora_module_names",
-    "merge_lora",
-    "save_adapters",
-]
-
 #: the module types peft's LoRA adapts here
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _ADAPTER_KEY = re.compile(r"(^|\.)lora_(A|B|embedding_A|embedding_B|magnitude_vector)(\.|$)")

@@ -8,7 +8,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -22,8 +22,6 @@ from lit_mtl.transfer.loading import LoadReport, hf_folder_weights, load_source_
 from lit_mtl.transfer.lora import inject_lora, lora_settings
 from lit_mtl.transfer.schedule import UnfreezeSchedule, UnfreezeScheduleCallback
 from lit_mtl.weighting import Weighting
-
-__all__ = ["TransferModule", "resolve_layer_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +63,17 @@ class TransferModule(MultiTaskModule):
             ``config.json``); None trains from scratch (with the same groups and schedule).
         source_prefix: sub-tree of the source to load into the encoder (``encoder.`` for a
             MultiTaskModule checkpoint; empty for a bare encoder / torchvision state_dict).
-        source_rename, source_skip, strict: key handling (see :mod:`lit_mtl.transfer.loading`).
+        source_rename: key handling (see :mod:`lit_mtl.transfer.loading`).
+        source_skip: key handling (see :mod:`lit_mtl.transfer.loading`).
+        strict: key handling (see :mod:`lit_mtl.transfer.loading`).
         schedule: the :class:`UnfreezeSchedule` (default: no freezing).
         layer_groups: optional ``{group: [module-name regex, ...]}`` instead of the encoder's.
         lr_decay: discriminative lr factor per group from the top (ULMFiT: 1/2.6; 1 = none).
         warmup_steps: linear lr warmup of a group after it is unfrozen.
         train_bn: let BatchNorm of frozen groups update its running statistics.
-        l2sp_alpha, l2sp_beta: L2-SP strengths (0 = off; authors: 0.1 and 0.01). Use with an
+        l2sp_alpha: L2-SP strengths (0 = off; authors: 0.1 and 0.01). Use with an
             optimizer without weight decay: L2-SP replaces it.
+        l2sp_beta: as ``l2sp_alpha``.
         lora: LoRA adapters on the encoder after the source is loaded (needs the ``lora``
             extra, peft): ``{"target_modules": [name patterns], "r": 8, "alpha": 16,
             "dropout": 0}``; the encoder's other weights stay frozen whatever the schedule, the
@@ -237,7 +238,7 @@ class TransferModule(MultiTaskModule):
             for n in self._anchor_names
         }
         new = [
-            m.weight
+            cast(nn.Parameter, m.weight)
             for m in self.tasks.modules()
             if isinstance(getattr(m, "weight", None), nn.Parameter) and is_l2sp_weight(m, "weight")
         ]

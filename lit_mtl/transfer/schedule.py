@@ -21,14 +21,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from lit_mtl.callbacks import LearningRateSchedule
-
-__all__ = [
-    "UnfreezeSchedule",
-    "UnfreezeScheduleCallback",
-    "discriminative_factors",
-    "named_param_groups",
-]
+from lit_mtl.callbacks.training_plots import LearningRateSchedule
 
 ScheduleKind = Literal["no_freeze", "freeze", "freeze_unfreeze", "gradual", "milestones"]
 
@@ -119,10 +112,11 @@ def named_param_groups(
     ``module`` (heads, anything not scheduled). ``options`` (``lr``, ``weight_decay``, ...) go
     into every group.
 
-    >>> body, out = nn.Linear(4, 8), nn.Linear(8, 1)
-    >>> model = nn.Sequential(body, out)
-    >>> [(g["name"], len(g["params"])) for g in named_param_groups(model, {"body": [body]})]
-    [('body', 2), ('heads', 2)]
+    Examples:
+        >>> body, out = nn.Linear(4, 8), nn.Linear(8, 1)
+        >>> model = nn.Sequential(body, out)
+        >>> [(g["name"], len(g["params"])) for g in named_param_groups(model, {"body": [body]})]
+        [('body', 2), ('heads', 2)]
     """
     owned = {id(p): p for p in module.parameters()}
     placed: dict[int, str] = {}
@@ -263,7 +257,7 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
             self._hooks.append(opt.register_step_pre_hook(self._make_pre_hook(trainer)))
             self._hooks.append(opt.register_step_post_hook(self._post_hook))
 
-    def _make_pre_hook(self, trainer: L.Trainer):  # type: ignore[no-untyped-def]
+    def _make_pre_hook(self, trainer: L.Trainer):
         def pre_hook(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
             epoch, step = trainer.current_epoch, trainer.global_step
             self._saved = [g["lr"] for g in optimizer.param_groups]
@@ -304,9 +298,10 @@ class UnfreezeScheduleCallback(LearningRateSchedule):
             values = {"transfer/unfrozen_groups": float(len(trainable))}
             for g in self.group_names:
                 values[f"transfer/trainable/{g}"] = float(g in trainable)
-            for g in trainer.optimizers[0].param_groups:
-                name = g.get("name", "")
-                values[f"lr/{name}"] = g["lr"] * self.factor(name, epoch, trainer.global_step)
+            for group in trainer.optimizers[0].param_groups:
+                name = group.get("name", "")
+                lr = group["lr"] * self.factor(name, epoch, trainer.global_step)
+                values[f"lr/{name}"] = lr
             pl_module.log_dict(values, on_step=False, on_epoch=True)
 
     def on_train_batch_start(

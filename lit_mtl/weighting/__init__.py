@@ -1,16 +1,6 @@
 """Task-weighting methods: one small class per method (formula and paper in each docstring)."""
 
-from lit_mtl.engines.context import StepContext, stack_losses, step_context
-from lit_mtl.engines.parameters import resolve_shared_target
-from lit_mtl.engines.views import task_views
-from lit_mtl.functional.loss_weighting import (
-    dwa_weights,
-    famo_logit_gradient,
-    famo_weights,
-    gradnorm_weight_gradient,
-    uncertainty_weighted_terms,
-    uncertainty_weights,
-)
+from lit_mtl._moved import moved_names
 from lit_mtl.weighting.aligned import AlignedMTL
 from lit_mtl.weighting.base import Weighting
 from lit_mtl.weighting.cagrad import CAGrad
@@ -44,18 +34,29 @@ __all__ = [
     "NashMTL",
     "PCGrad",
     "StaticWeighting",
-    "StepContext",
     "UPGrad",
     "UncertaintyWeighting",
     "Weighting",
-    "dwa_weights",
-    "famo_logit_gradient",
-    "famo_weights",
-    "gradnorm_weight_gradient",
-    "resolve_shared_target",
-    "stack_losses",
-    "step_context",
-    "task_views",
-    "uncertainty_weighted_terms",
-    "uncertainty_weights",
 ]
+
+# the step context and the pure rules this package re-exported before each name had one path
+__getattr__ = moved_names(
+    __name__,
+    {
+        "lit_mtl.engines": [
+            "StepContext",
+            "stack_losses",
+            "step_context",
+            "resolve_shared_target",
+            "task_views",
+        ],
+        "lit_mtl.functional": [
+            "dwa_weights",
+            "famo_logit_gradient",
+            "famo_weights",
+            "gradnorm_weight_gradient",
+            "uncertainty_weighted_terms",
+            "uncertainty_weights",
+        ],
+    },
+)

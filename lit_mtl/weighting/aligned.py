@@ -7,8 +7,6 @@ import numpy as np
 from lit_mtl.functional.aggregation import aligned_mtl_coefficients
 from lit_mtl.weighting.gramian import GramianWeighting
 
-__all__ = ["AlignedMTL"]
-
 
 class AlignedMTL(GramianWeighting):
     """Aligned-MTL, Senushkin et al. 2023 (https://arxiv.org/abs/2305.19000).

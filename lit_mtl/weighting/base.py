@@ -42,8 +42,6 @@ from lit_mtl.engines.context import StepContext, step_context
 from lit_mtl.engines.distributed import all_reduce_max, all_reduce_sum, world_size
 from lit_mtl.functional.loss_weighting import array_namespace
 
-__all__ = ["Reduction", "Weighting", "as_array_like", "assign_where", "widened"]
-
 Reduction = Literal["sum", "mean", "max"]
 
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.bool, torch.int64)
@@ -54,10 +52,10 @@ def as_array_like(value: Tensor, like: Any, wide: bool = False) -> Any:
     device it moves to); a CPU tensor becomes a numpy view without a copy. ``wide``: as float64
     (the small update rules compute in float64, as Python floats did)."""
     if isinstance(like, np.ndarray):
-        out = value.detach().cpu().numpy()
-        return out.astype(np.float64) if wide else out
-    out = value.detach().to(like.device)
-    return out.double() if wide else out
+        array = value.detach().cpu().numpy()
+        return array.astype(np.float64) if wide else array
+    moved = value.detach().to(like.device)
+    return moved.double() if wide else moved
 
 
 def assign_where(state: dict[str, Any], condition: Any, **values: Any) -> None:
@@ -129,6 +127,9 @@ class Weighting(nn.Module):
     After each call, :attr:`last_weights` holds the (T,) weights applied to the task losses (for
     logging; detached).
     """
+
+    # declared state (add_state), typed for the type checker
+    last_weights: Tensor
 
     #: True for methods that differentiate the task losses w.r.t. z: the module then feeds each
     #: head its own view of z (:func:`~lit_mtl.task_views`) and puts the views in the context

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from lit_mtl.functional.aggregation import cagrad_solve
 from lit_mtl.weighting.gramian import GramianWeighting
-
-__all__ = ["CAGrad"]
 
 
 class CAGrad(GramianWeighting):
@@ -33,6 +32,9 @@ class CAGrad(GramianWeighting):
     identically).
     """
 
+    # declared state (add_state), typed for the type checker
+    inner_w: Tensor
+
     default_target = "shared"
     gramian_dtype = torch.float64  # ||g_w|| near a Pareto-stationary point: see above
 
@@ -52,7 +54,7 @@ class CAGrad(GramianWeighting):
         self.c = float(c)
         self.rescale = int(rescale)
 
-    def build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
+    def build(self, num_tasks: int, task_kinds) -> None:
         self.add_state("inner_w", torch.zeros(num_tasks, dtype=torch.float64))
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:

@@ -14,8 +14,6 @@ from lit_mtl.engines.parameters import ParameterEngine
 from lit_mtl.functional.loss_weighting import db_mtl_ema, db_mtl_scales
 from lit_mtl.weighting.base import Weighting
 
-__all__ = ["DBMTL"]
-
 
 class DBMTL(Weighting):
     """DB-MTL, Lin et al. 2023 (https://arxiv.org/abs/2308.12029).
@@ -40,6 +38,10 @@ class DBMTL(Weighting):
     Under gradient accumulation each micro-batch is one EMA step, as in the authors' code (one
     step per backward call).
     """
+
+    # declared state (add_state), typed for the type checker
+    step: Tensor
+    buffer: Tensor
 
     uses_task_representations = True
 

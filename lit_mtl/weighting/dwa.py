@@ -11,8 +11,6 @@ from lit_mtl.engines.context import StepContext
 from lit_mtl.functional.loss_weighting import dwa_weights
 from lit_mtl.weighting.base import Weighting
 
-__all__ = ["DWA", "dwa_weights"]
-
 
 class DWA(Weighting):
     """Dynamic Weight Average, Liu et al. 2019 (https://arxiv.org/abs/1803.10704).
@@ -30,6 +28,13 @@ class DWA(Weighting):
     counts are all-reduced when an epoch is closed, so every rank holds the same history.
     Cost: O(T), no extra backward.
     """
+
+    # declared state (add_state), typed for the type checker
+    epoch_sum: Tensor
+    epoch_count: Tensor
+    history: Tensor
+    epochs_closed: Tensor
+    weights: Tensor
 
     def __init__(self, num_tasks: int | None = None, temperature: float = 2.0) -> None:
         if temperature <= 0:

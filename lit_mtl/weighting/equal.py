@@ -10,8 +10,6 @@ from torch import Tensor
 from lit_mtl.engines.context import StepContext
 from lit_mtl.weighting.base import Weighting
 
-__all__ = ["EqualWeighting", "StaticWeighting"]
-
 
 class EqualWeighting(Weighting):
     """Equal weighting: ``L = sum_i L_i`` (w_i = 1, the weights sum to T).
@@ -32,6 +30,9 @@ class StaticWeighting(Weighting):
     Args:
         weights: one non-negative weight per task (their count fixes T).
     """
+
+    # declared state (add_state), typed for the type checker
+    weights: Tensor
 
     def __init__(self, weights: Sequence[float]) -> None:
         values = [float(w) for w in weights]

@@ -16,8 +16,6 @@ from lit_mtl.functional.loss_weighting import (
 from lit_mtl.functional.optim import adam_step
 from lit_mtl.weighting.base import Weighting, as_array_like, assign_where, widened
 
-__all__ = ["FAMO", "famo_logit_gradient", "famo_weights"]
-
 
 class FAMO(Weighting):
     """FAMO, Liu et al. 2023 (https://arxiv.org/abs/2306.03792).
@@ -41,6 +39,15 @@ class FAMO(Weighting):
     moments, the last losses. The update runs on the state's own memory (numpy on the CPU, torch
     on an accelerator): no host copy per step.
     """
+
+    # declared state (add_state), typed for the type checker
+    logits: Tensor
+    min_losses: Tensor
+    exp_avg: Tensor
+    exp_avg_sq: Tensor
+    adam_step: Tensor
+    prev_losses: Tensor
+    prev_present: Tensor
 
     def __init__(
         self,

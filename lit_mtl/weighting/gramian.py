@@ -33,8 +33,6 @@ from lit_mtl.engines.representation import RepresentationEngine
 from lit_mtl.engines.threads import single_threaded_blas
 from lit_mtl.weighting.base import Weighting
 
-__all__ = ["GramianWeighting", "engine_for"]
-
 log = logging.getLogger(__name__)
 
 
@@ -67,6 +65,9 @@ class GramianWeighting(Weighting):
     pull-back through the encoder for parameters), the Gramian (T^2 P flops) and a T x T solve
     on the CPU (one device-to-host copy of T x T numbers); memory: the T x P gradient matrix.
     """
+
+    # declared state (add_state), typed for the type checker
+    nonfinite_steps: Tensor
 
     uses_task_representations = True
     #: the target the method's paper uses

@@ -7,8 +7,6 @@ import numpy as np
 from lit_mtl.functional.aggregation import imtl_g_coefficients
 from lit_mtl.weighting.gramian import GramianWeighting
 
-__all__ = ["IMTLG"]
-
 
 class IMTLG(GramianWeighting):
     """IMTL-G, Liu et al. 2021 (https://openreview.net/forum?id=IMPnRXEWpvr).

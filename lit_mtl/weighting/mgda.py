@@ -9,8 +9,6 @@ import numpy as np
 from lit_mtl.functional.aggregation import min_norm_coefficients
 from lit_mtl.weighting.gramian import GramianWeighting
 
-__all__ = ["MGDA", "MGDAUB"]
-
 Normalization = Literal["none", "l2", "loss", "loss+"]
 
 

@@ -10,8 +10,6 @@ from lit_mtl.engines.context import StepContext
 from lit_mtl.functional.aggregation import nash_mtl_coefficients
 from lit_mtl.weighting.gramian import GramianWeighting
 
-__all__ = ["NashMTL"]
-
 
 class NashMTL(GramianWeighting):
     """Nash-MTL, Navon et al. 2022 (https://arxiv.org/abs/2202.01017).
@@ -37,6 +35,10 @@ class NashMTL(GramianWeighting):
     State: the last alpha and the step counter (checkpointed).
     """
 
+    # declared state (add_state), typed for the type checker
+    step: Tensor
+    alpha: Tensor
+
     default_target = "shared"
 
     def __init__(
@@ -54,7 +56,7 @@ class NashMTL(GramianWeighting):
         self.update_weights_every = int(update_weights_every)
         self.add_state("step", torch.zeros((), dtype=torch.long))
 
-    def build(self, num_tasks: int, task_kinds) -> None:  # type: ignore[no-untyped-def]
+    def build(self, num_tasks: int, task_kinds) -> None:
         self.add_state("alpha", torch.zeros(num_tasks, dtype=torch.float64))
 
     def coefficients(self, gramian: np.ndarray, losses: np.ndarray) -> np.ndarray:

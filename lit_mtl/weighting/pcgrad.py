@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from lit_mtl.functional.aggregation import pcgrad_coefficients
 from lit_mtl.weighting.gramian import GramianWeighting
-
-__all__ = ["PCGrad"]
 
 
 class PCGrad(GramianWeighting):
@@ -26,6 +25,9 @@ class PCGrad(GramianWeighting):
     A zero task gradient projects nothing and keeps coefficient 1; duplicated gradients never
     conflict with each other. Scale-invariant. State: the step counter (checkpointed).
     """
+
+    # declared state (add_state), typed for the type checker
+    step: Tensor
 
     default_target = "shared"
 

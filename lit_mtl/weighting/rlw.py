@@ -8,8 +8,6 @@ from torch import Tensor
 from lit_mtl.engines.context import StepContext
 from lit_mtl.weighting.base import Weighting
 
-__all__ = ["RLW"]
-
 
 class RLW(Weighting):
     """Random loss weighting, Lin et al. 2022 (https://arxiv.org/abs/2111.10603).
@@ -25,6 +23,9 @@ class RLW(Weighting):
 
     Cost: O(T), no extra backward.
     """
+
+    # declared state (add_state), typed for the type checker
+    step: Tensor
 
     def __init__(self, num_tasks: int | None = None, seed: int = 0) -> None:
         super().__init__(num_tasks=num_tasks)

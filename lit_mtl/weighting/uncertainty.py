@@ -7,18 +7,19 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from lit_mtl._moved import moved_names
 from lit_mtl.engines.context import StepContext
 from lit_mtl.functional.loss_weighting import (
     UNCERTAINTY_FORMS,
     uncertainty_form_table,
-    uncertainty_weighted_terms,
     uncertainty_weights,
 )
 from lit_mtl.tasks.kinds import get_kind
 from lit_mtl.tasks.kinds import task_kinds as registered_kinds
 from lit_mtl.weighting.base import Weighting
 
-__all__ = ["UncertaintyWeighting", "uncertainty_weighted_terms", "uncertainty_weights"]
+# a name this module re-exported before each name had one path
+__getattr__ = moved_names(__name__, "lit_mtl.functional", ["uncertainty_weighted_terms"])
 
 
 class UncertaintyWeighting(Weighting):
@@ -66,6 +67,9 @@ class UncertaintyWeighting(Weighting):
     [0.5, 1.0]
     """
 
+    # declared state (add_state), typed for the type checker
+    form: Tensor
+
     def __init__(
         self,
         num_tasks: int | None = None,
@@ -106,7 +110,7 @@ class UncertaintyWeighting(Weighting):
         # derived from the tasks' kinds (part of the model's arguments): not checkpointed
         self.add_state("form", uncertainty_form_table(self.forms), persistent=False)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints before the per-kind forms stored a bool `is_regression`, now derived
         state_dict.pop(prefix + "is_regression", None)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

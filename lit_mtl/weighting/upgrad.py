@@ -9,8 +9,6 @@ import numpy as np
 from lit_mtl.functional.aggregation import upgrad_coefficients
 from lit_mtl.weighting.gramian import GramianWeighting
 
-__all__ = ["UPGrad"]
-
 
 class UPGrad(GramianWeighting):
     """UPGrad, Quinton & Rey 2024 (https://arxiv.org/abs/2406.16232), TorchJD's default.
@@ -23,8 +21,9 @@ class UPGrad(GramianWeighting):
     Args:
         target: ``"shared"`` (default, as TorchJD's ``mtl_backward``) or ``"representation"``.
         preference: p (default 1/T each: the mean).
-        norm_eps, reg_eps: as the authors' code: G is divided by its trace, ``reg_eps`` added to
+        norm_eps: as the authors' code: G is divided by its trace, ``reg_eps`` added to
             its diagonal.
+        reg_eps: as ``norm_eps``.
 
     A zero task gradient is projected like any other (it keeps its own coefficient p_i for its
     head and constrains nothing); duplicated or dependent gradients need no special case (the

@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lit_mtl.dense_metrics import DepthMetrics, NormalMetrics, SegmentationMetrics
 from lit_mtl.functional.dense_metrics import ANGLE_BIN_DEGREES, exact_median
+from lit_mtl.metrics.dense import DepthMetrics, NormalMetrics, SegmentationMetrics
 
 
 def _batches(seed: int = 0, num: int = 3, n: int = 2, h: int = 6, w: int = 7):

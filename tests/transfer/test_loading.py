@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from lit_mtl import MLPEncoder, MultiTaskModule, TaskSpec, TorchvisionEncoder
+from lit_mtl.checkpoints import UnsafeCheckpointError
 from lit_mtl.transfer import (
     CheckpointMismatchError,
-    UnsafeCheckpointError,
     load_source_into,
     map_keys,
     read_state_dict,

@@ -15,14 +15,13 @@ Both are logged under stable names and drawn at fit end by :class:`~lit_mtl.call
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from lit_mtl.engines.distributed import all_reduce_sum
-
-__all__ = ["GateUsage", "conflict_share", "gradient_cosines", "pair_names"]
+from lit_mtl.engines.representation import gradients_of
 
 
 def gradient_cosines(gramian: Tensor) -> Tensor:
@@ -36,6 +35,22 @@ def gradient_cosines(gramian: Tensor) -> Tensor:
     norms = g.diagonal().clamp(min=0).sqrt()
     outer = norms[:, None] * norms[None, :]
     return torch.where(outer > 0, g / outer.clamp(min=1e-300), torch.zeros_like(g)).clamp(-1, 1)
+
+
+def task_gramian(
+    losses: Sequence[Tensor],
+    parameters: Sequence[Tensor],
+    mean_over_ranks: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """G = J J^T (T, T) of the task gradients w.r.t. ``parameters`` (J: one row per task), J
+    averaged over DDP ranks by ``mean_over_ranks`` first; what the cosines are computed from
+    when the weighting holds no Gramian of its own."""
+    t = len(losses)
+    per_param = gradients_of(losses, [True] * t, parameters)
+    jacobian = torch.cat([g.reshape(t, -1) for g in per_param], dim=1).float()
+    if mean_over_ranks is not None:
+        jacobian = mean_over_ranks(jacobian)
+    return jacobian @ jacobian.T
 
 
 def conflict_share(cosines: Tensor) -> float:

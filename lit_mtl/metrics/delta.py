@@ -32,16 +32,6 @@ from torchmetrics import Metric
 
 from lit_mtl.tasks import TaskSpec, as_task_spec, metric_name_directions
 
-__all__ = [
-    "DELTA_M_CONVENTIONS",
-    "HIGHER_IS_BETTER",
-    "NYUV2_SINGLE_TASK_BASELINE",
-    "DeltaM",
-    "delta_m",
-    "higher_is_better",
-    "metric_directions",
-]
-
 
 class _MetricNameDirections(Mapping[str, bool]):
     """``{metric name: higher is better}`` of every registered task kind, read when used."""
@@ -159,6 +149,10 @@ class DeltaM(Metric):
     >>> round(float(metric.compute()), 6)  # means 0.84 and 1.5: (-5 - 25) / 2
     -15.0
     """
+
+    # declared state (add_state), typed for the type checker
+    sums: Tensor
+    count: Tensor
 
     full_state_update = False
     higher_is_better = False

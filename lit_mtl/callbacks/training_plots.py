@@ -7,15 +7,17 @@ CLI or of ``Trainer.fit`` ends with ``task_weights.png`` (and, for a ``TransferM
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from lit_mtl._lightning import log_every_n_steps, trainer_callbacks
 from lit_mtl._optional import require
 
-__all__ = ["TrainingPlots"]
+if TYPE_CHECKING:
+    from lit_mtl.multitask import MultiTaskModule
 
 
 class LearningRateSchedule(Callback):
@@ -80,11 +82,13 @@ class TrainingPlots(Callback):
 
     # ------------------------------------------------------------------ recording
     def _interval(self, trainer: L.Trainer) -> int:
-        return self.every_n_steps or max(1, int(trainer.log_every_n_steps))
+        return self.every_n_steps or max(1, log_every_n_steps(trainer))
 
     @staticmethod
     def _schedule_callback(trainer: L.Trainer) -> LearningRateSchedule | None:
-        return next((c for c in trainer.callbacks if isinstance(c, LearningRateSchedule)), None)
+        return next(
+            (c for c in trainer_callbacks(trainer) if isinstance(c, LearningRateSchedule)), None
+        )
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.task_names = list(getattr(pl_module, "task_names", []))
@@ -138,14 +142,15 @@ class TrainingPlots(Callback):
             if len(widths) == 1:  # one heatmap needs one expert axis
                 self.expert_use = [[float(v) for v in usage[n][0]] for n in names]
                 self.gate_entropies = [float(usage[n][1]) for n in names]
-                self.expert_labels = pl_module.expert_labels(0, widths.pop())
+                module = cast("MultiTaskModule", pl_module)  # the module that records gate use
+                self.expert_labels = module.expert_labels(0, widths.pop())
 
     # ------------------------------------------------------------------ plotting
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.logger is None:
             return  # no logger, no log dir: the history stays in the callback
         from lit_mtl.diagnostics import pair_names
-        from lit_mtl.plots import (  # only when drawing
+        from lit_mtl.diagnostics.plots import (  # only when drawing
             plot_expert_use,
             plot_gradient_conflicts,
             plot_lr_schedule,
