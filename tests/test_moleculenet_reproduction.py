@@ -21,16 +21,29 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
-def test_both_models_train_and_the_table_compares_with_deepchem(tmp_path: Path) -> None:
+def test_the_three_models_train_and_the_table_compares_with_deepchem(tmp_path: Path) -> None:
     write_smiles_table(tmp_path / "tox21.csv", rows=60)
     args = argparse.Namespace(dataset="tox21", root=str(tmp_path), cache_dir=str(tmp_path / "c"))
-    rows = [bench.run(model, "index", 0, args) for model in ("mt-nn", "logreg")]
+    rows = [bench.run(model, "index", 0, args) for model in ("mt-nn", "logreg", "rf")]
     for row in rows:
-        assert 0.0 <= row["valid"] <= 1.0 and 0.0 <= row["test"] <= 1.0
-        assert row["tasks_valid"] == row["tasks_test"] == 2
+        assert all(0.0 <= row[s] <= 1.0 for s in ("train", "valid", "test")), row
+    assert rows[0]["tasks_valid"] == rows[0]["tasks_test"] == 2
+    assert rows[2]["train"] > 0.9  # 500 trees fit their training split
     mt_nn = bench.build("mt-nn", bench.MoleculeNetDataModule(str(tmp_path / "tox21.csv")))
     linear = mt_nn.encoder.blocks[0][0]
     assert float(linear.bias.min()) == float(linear.bias.max()) == 1.0  # DeepChem's bias init
-    table = bench.markdown(rows)
-    assert f"| mt-nn | index | {rows[0]['valid']:.3f} ± 0.000 | 0.768 |" in table
-    assert f"| logreg | index | {rows[1]['valid']:.3f} ± 0.000 | 0.705 |" in table
+    table = bench.markdown("tox21", rows)
+    for row, (train, valid) in zip(
+        rows, [(0.854, 0.768), (0.902, 0.705), (0.999, 0.736)], strict=True
+    ):
+        assert (
+            f"| {row['model']} | index | {row['train']:.3f} | {train:.3f} | "
+            f"{row['valid']:.3f} ± 0.000 | {valid:.3f} |"
+        ) in table
+
+
+def test_every_published_dataset_has_the_two_reproduced_models() -> None:
+    for dataset, models in bench.PUBLISHED.items():
+        assert {"mt-nn", "logreg"} <= set(models), dataset
+        for splits in models.values():
+            assert set(splits) == set(bench.SPLITS), dataset
