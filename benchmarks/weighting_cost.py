@@ -243,8 +243,12 @@ def main() -> None:
 
         have_torchjd = not args.feature_map
     except ImportError:
+        if not args.feature_map:  # the stored table has TorchJD's columns: do not drop them
+            raise SystemExit(
+                "weighting_cost.py: TorchJD is not installed, and the table compares with it: "
+                'pip install "torchjd[full]"'
+            ) from None
         have_torchjd = False
-        print("torchjd not installed: comparison columns left empty", file=sys.stderr)
     methods = FEATURE_MAP if args.feature_map else list(OURS)
 
     rows = []

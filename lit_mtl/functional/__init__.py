@@ -14,6 +14,7 @@ from lit_mtl.functional.aggregation import (
     project_to_simplex,
     upgrad_coefficients,
 )
+from lit_mtl.functional.arrays import array_namespace, as_array_like, assign_where, widened
 from lit_mtl.functional.dense_metrics import (
     ANGLE_BIN_DEGREES,
     ANGLE_THRESHOLDS,
@@ -32,7 +33,6 @@ from lit_mtl.functional.dense_metrics import (
 )
 from lit_mtl.functional.loss_weighting import (
     UNCERTAINTY_FORMS,
-    array_namespace,
     db_mtl_ema,
     db_mtl_scales,
     dwa_weights,
@@ -63,6 +63,8 @@ __all__ = [
     "aligned_mtl_coefficients",
     "angle_errors",
     "array_namespace",
+    "as_array_like",
+    "assign_where",
     "average_precision",
     "cagrad_coefficients",
     "cagrad_solve",
@@ -99,4 +101,5 @@ __all__ = [
     "uncertainty_weighted_terms",
     "uncertainty_weights",
     "upgrad_coefficients",
+    "widened",
 ]

@@ -10,21 +10,16 @@ accelerator (no copy to the host).
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from lit_mtl.functional.arrays import array_namespace
+
 #: a torch tensor or a numpy array (the rules below accept either)
 Array = Any
-
-
-def array_namespace(x: Array) -> ModuleType:
-    """``numpy`` for a numpy array, ``torch`` for a tensor: the module whose functions the rules
-    call (``where``, ``sign``, ``exp``, ``log``, ``sqrt`` exist in both)."""
-    return np if isinstance(x, np.ndarray | np.generic) else torch
 
 
 def _all(values: Array, mask: Array | None) -> Array:

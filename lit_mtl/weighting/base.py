@@ -32,42 +32,23 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch.utils.hooks import RemovableHandle
 
+from lit_mtl._moved import moved_names
 from lit_mtl.engines.context import StepContext, step_context
 from lit_mtl.engines.distributed import all_reduce_max, all_reduce_sum, world_size
-from lit_mtl.functional.loss_weighting import array_namespace
+
+# the array helpers this module held before they moved to lit_mtl.functional.arrays
+__getattr__ = moved_names(
+    __name__, "lit_mtl.functional.arrays", ["as_array_like", "assign_where", "widened"]
+)
 
 Reduction = Literal["sum", "mean", "max"]
 
 _NUMPY_DTYPES = (torch.float32, torch.float64, torch.bool, torch.int64)
-
-
-def as_array_like(value: Tensor, like: Any, wide: bool = False) -> Any:
-    """``value`` (a tensor) as the same kind of array as ``like`` (a numpy array, or a tensor whose
-    device it moves to); a CPU tensor becomes a numpy view without a copy. ``wide``: as float64
-    (the small update rules compute in float64, as Python floats did)."""
-    if isinstance(like, np.ndarray):
-        array = value.detach().cpu().numpy()
-        return array.astype(np.float64) if wide else array
-    moved = value.detach().to(like.device)
-    return moved.double() if wide else moved
-
-
-def assign_where(state: dict[str, Any], condition: Any, **values: Any) -> None:
-    """``state[name][...] = where(condition, value, state[name])`` for each name: an update that
-    applies only when ``condition`` holds, without branching on it (no host read on a device)."""
-    for name, value in values.items():
-        state[name][...] = array_namespace(value).where(condition, value, state[name])
-
-
-def widened(array: Any) -> Any:
-    """A float64 copy of a state array (numpy or torch) to compute on."""
-    return array.astype(np.float64) if isinstance(array, np.ndarray) else array.double()
 
 
 #: weightings that ran a training forward since their last post-step update
@@ -224,7 +205,8 @@ class Weighting(nn.Module):
         """The named states as arrays to compute on in place: numpy views of the buffers' own
         memory when it is the CPU's (small per-step math at numpy's per-op cost, no copy), the
         buffers themselves otherwise (torch math on the device, no host copy). Write results
-        with ``array[...] = value``; :func:`as_array_like` brings inputs to the same kind."""
+        with ``array[...] = value``; :func:`~lit_mtl.functional.arrays.as_array_like` brings
+        inputs to the same kind."""
         out: dict[str, Any] = {}
         for name in names:
             if name not in self._state_specs:

@@ -9,12 +9,13 @@ from torch import Tensor
 
 from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.distributed import masked_mean_over_ranks
+from lit_mtl.functional.arrays import as_array_like, assign_where, widened
 from lit_mtl.functional.loss_weighting import (
     famo_logit_gradient,
     famo_weights,
 )
 from lit_mtl.functional.optim import adam_step
-from lit_mtl.weighting.base import Weighting, as_array_like, assign_where, widened
+from lit_mtl.weighting.base import Weighting
 
 
 class FAMO(Weighting):

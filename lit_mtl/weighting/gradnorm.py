@@ -10,10 +10,11 @@ from torch import Tensor, nn
 
 from lit_mtl.engines.context import StepContext
 from lit_mtl.engines.layer_norms import LayerNormEngine, PendingNorms
+from lit_mtl.functional.arrays import as_array_like, assign_where, widened
 from lit_mtl.functional.loss_weighting import array_namespace, gradnorm_weight_gradient
 from lit_mtl.functional.optim import adam_step
 from lit_mtl.tasks.kinds import get_kind
-from lit_mtl.weighting.base import Weighting, as_array_like, assign_where, widened
+from lit_mtl.weighting.base import Weighting
 
 
 class GradNorm(Weighting):

@@ -96,6 +96,8 @@ def test_every_encoder_keeps_the_contract(name: str) -> None:
     for task, weights in enumerate(gates):
         assert len(encoder.expert_labels(task)) == weights.shape[1]
         torch.testing.assert_close(weights.sum(dim=1), torch.ones(x.shape[0]))
+    if not encoder.gated:
+        assert encoder.expert_labels(0) == []  # no experts to name
     assert all(isinstance(key, str) for key in encoder.replaced_source_keys())
 
 
@@ -105,6 +107,8 @@ def test_a_plain_module_gets_the_defaults_and_a_duck_typed_hook_is_an_error() ->
     assert hooks.last_shared_layer() is plain[2]
     assert len(hooks.shared_parameters()) == 4 and hooks.make_head(TaskSpec("t")) is None
     assert hooks.gate_weights() == [] and not hooks.declares_shared_parameters
+    assert hooks.expert_labels(0) == [] and hooks.replaced_source_keys() == []
+    assert hooks.bind_tasks(["t"]) is None and hooks.architecture is None
     with pytest.raises(ValueError, match="has no layer_groups"):
         hooks.layer_groups()
 
