@@ -77,7 +77,9 @@ PUBLISHED = {
         "rf": {"index": (0.995, 0.763), "random": (0.996, 0.730), "scaffold": (0.994, 0.664)},
     },
 }
-MODELS = ("mt-nn", "logreg", "rf")
+MODELS = ("mt-nn", "logreg", "logreg-dc", "rf")
+#: the published row each model is compared with
+PUBLISHED_ROW = {"mt-nn": "mt-nn", "logreg": "logreg", "logreg-dc": "logreg", "rf": "rf"}
 SPLITS = ("index", "random", "scaffold")
 
 
@@ -171,6 +173,53 @@ def run_forest(split: str, seed: int, args: argparse.Namespace) -> dict:
             "valid": auc["val"], "test": auc["test"], "seconds": seconds}  # fmt: skip
 
 
+def deepchem_logreg_cost(ce: Tensor, weights: Tensor, batch_size: int = 50) -> Tensor:
+    """The batch cost of ``lr.py``'s ``add_training_cost`` for (B, T) cross-entropies and example
+    weights: per task, ``reduce_sum(multiply(ce (B, 1), w (B,))) / batch_size``, whose (B, B)
+    broadcast sums to ``sum_i ce_i * sum_j w_j``; summed over tasks."""
+    return (ce.sum(dim=0) * weights.sum(dim=0)).sum() / batch_size
+
+
+def run_logreg_as_deepchem(split: str, seed: int, args: argparse.Namespace) -> dict:
+    """DeepChem's ``TensorflowLogisticRegression`` cost as its 2017 code computes it (``lr.py``
+    at 2af0ba37): ``cost`` multiplies the (B, 1) cross-entropy of a task by its (B,) example
+    weights, which broadcasts to (B, B), so the batch's cost of task t is
+    ``sum_i CE_it * sum_j w_jt / batch_size``: every example (an unlabelled one too, whose label
+    is 0 in DeepChem's arrays) weighted by the batch's total weight instead of its own. Plus
+    ``0.1 * ||W||^2 / 2``, weights truncated-normal(0.02), biases 1.0, Adam lr 5e-3, batch 50,
+    10 epochs. A plain PyTorch loop: this is DeepChem's cost, not one lit_mtl offers."""
+    generator = torch.Generator().manual_seed(seed)
+    dm = make_datamodule(split, seed, args)
+    dm.setup()
+    arrays = {s: split_arrays(dm, s) for s in ("train", "val", "test")}
+    x, labels, weights = arrays["train"]
+    assert weights is not None  # the balancing weights (0 where a label is missing)
+    y = torch.nan_to_num(labels, nan=0.0)
+    features, tasks = x.shape[1], labels.shape[1]
+    w = torch.nn.init.trunc_normal_(torch.empty(features, tasks), std=0.02, a=-0.04, b=0.04)
+    w.requires_grad_()
+    b = torch.ones(tasks, requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=5e-3)
+    start = time.perf_counter()
+    for _ in range(10):
+        order = torch.randperm(x.shape[0], generator=generator)
+        for batch in order.split(50):
+            logits = x[batch] @ w + b
+            ce = torch.nn.functional.binary_cross_entropy_with_logits(
+                logits, y[batch], reduction="none"
+            )
+            cost = deepchem_logreg_cost(ce, weights[batch])
+            loss = cost + 0.1 * (w**2).sum() / 2
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    seconds = time.perf_counter() - start
+    with torch.no_grad():
+        auc = {s: mean_split_auc(arrays[s][0] @ w + b, arrays[s][1]) for s in arrays}
+    return {"model": "logreg-dc", "split": split, "seed": seed, "train": auc["train"],
+            "valid": auc["val"], "test": auc["test"], "seconds": seconds}  # fmt: skip
+
+
 def make_datamodule(split: str, seed: int, args: argparse.Namespace) -> MoleculeNetDataModule:
     return MoleculeNetDataModule(
         args.dataset,
@@ -187,6 +236,8 @@ def make_datamodule(split: str, seed: int, args: argparse.Namespace) -> Molecule
 def run(model: str, split: str, seed: int, args: argparse.Namespace) -> dict:
     if model == "rf":
         return run_forest(split, seed, args)
+    if model == "logreg-dc":
+        return run_logreg_as_deepchem(split, seed, args)
     L.seed_everything(seed, verbose=False)
     dm = make_datamodule(split, seed, args)
     module = build(model, dm)
@@ -227,7 +278,7 @@ def markdown(dataset: str, rows: list[dict]) -> str:
             test = [r["test"] for r in runs]
             spread = statistics.stdev(valid) if len(valid) > 1 else 0.0
             test_spread = statistics.stdev(test) if len(test) > 1 else 0.0
-            theirs = published.get(model, {}).get(split)
+            theirs = published.get(PUBLISHED_ROW[model], {}).get(split)
             their_train = f"{theirs[0]:.3f}" if theirs else "-"
             their_valid = f"{theirs[1]:.3f}" if theirs else "-"
             difference = f"{statistics.fmean(valid) - theirs[1]:+.3f}" if theirs else "-"
@@ -256,12 +307,21 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=None, help="default: results/moleculenet_<dataset>.json"
     )
+    parser.add_argument(
+        "--add",
+        action="store_true",
+        help="keep the stored JSON's rows of the other models (and its command) and add these",
+    )
     args = parser.parse_args()
     if args.out is None:
         args.out = Path(f"benchmarks/results/moleculenet_{args.dataset}.json")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     torch.set_num_threads(2)
-    rows = []
+    rows, commands = [], []
+    if args.add and args.out.exists():
+        stored = json.loads(args.out.read_text())
+        rows = [r for r in stored["rows"] if r["model"] not in args.models]
+        commands = stored["command"].split(" && ")
     for model in args.models:
         for split in args.splits:
             for seed in args.seeds:
@@ -269,11 +329,12 @@ def main() -> None:
                 print(rows[-1], file=sys.stderr, flush=True)
     table = markdown(args.dataset, rows)
     print(table)
-    command = (
+    commands.append(
         f"python benchmarks/moleculenet_reproduction.py --dataset {args.dataset} "
         f"--seeds {' '.join(map(str, args.seeds))} --splits {' '.join(args.splits)} "
-        f"--models {' '.join(args.models)}"
+        f"--models {' '.join(args.models)}" + (" --add" if args.add else "")
     )
+    command = " && ".join(commands)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

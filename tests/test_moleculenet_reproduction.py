@@ -21,10 +21,10 @@ bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
 
-def test_the_three_models_train_and_the_table_compares_with_deepchem(tmp_path: Path) -> None:
+def test_the_four_models_train_and_the_table_compares_with_deepchem(tmp_path: Path) -> None:
     write_smiles_table(tmp_path / "tox21.csv", rows=60)
     args = argparse.Namespace(dataset="tox21", root=str(tmp_path), cache_dir=str(tmp_path / "c"))
-    rows = [bench.run(model, "index", 0, args) for model in ("mt-nn", "logreg", "rf")]
+    rows = [bench.run(model, "index", 0, args) for model in ("mt-nn", "logreg", "rf", "logreg-dc")]
     for row in rows:
         assert all(0.0 <= row[s] <= 1.0 for s in ("train", "valid", "test")), row
     assert rows[0]["tasks_valid"] == rows[0]["tasks_test"] == 2
@@ -33,9 +33,8 @@ def test_the_three_models_train_and_the_table_compares_with_deepchem(tmp_path: P
     linear = mt_nn.encoder.blocks[0][0]
     assert float(linear.bias.min()) == float(linear.bias.max()) == 1.0  # DeepChem's bias init
     table = bench.markdown("tox21", rows)
-    for row, (train, valid) in zip(
-        rows, [(0.854, 0.768), (0.902, 0.705), (0.999, 0.736)], strict=True
-    ):
+    published = [(0.854, 0.768), (0.902, 0.705), (0.999, 0.736), (0.902, 0.705)]
+    for row, (train, valid) in zip(rows, published, strict=True):
         assert (
             f"| {row['model']} | index | {row['train']:.3f} | {train:.3f} | "
             f"{row['valid']:.3f} ± 0.000 | {valid:.3f} |"
@@ -47,3 +46,18 @@ def test_every_published_dataset_has_the_two_reproduced_models() -> None:
         assert {"mt-nn", "logreg"} <= set(models), dataset
         for splits in models.values():
             assert set(splits) == set(bench.SPLITS), dataset
+
+
+def test_deepchem_logreg_cost_is_the_tf_broadcast_of_its_code() -> None:
+    """lr.py multiplies a task's (B, 1) cross-entropy by its (B,) weights: a (B, B) product,
+    each example weighted by the batch's total weight (torch broadcasts as TensorFlow does)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    ce, weights = torch.rand(7, 3, generator=generator), torch.rand(7, 3, generator=generator)
+    as_written = sum(
+        torch.multiply(ce[:, t].reshape(7, 1), weights[:, t]).sum() / 50 for t in range(3)
+    )
+    torch.testing.assert_close(bench.deepchem_logreg_cost(ce, weights), as_written)
+    # not the weighted cost it was meant to be
+    assert not torch.isclose(bench.deepchem_logreg_cost(ce, weights), (ce * weights).sum() / 50)
