@@ -255,6 +255,27 @@ class _MoleculeDataset(Dataset):
         return self.x[i], targets, masks, {t: self.weights[i, j] for j, t in enumerate(self.tasks)}
 
 
+def column_task_names(columns: Sequence[str]) -> list[str]:
+    """Task names for a table's label columns: the column name with ``.`` and ``/`` (which task
+    names cannot hold: they are log keys and module names) replaced by ``_``; two columns that
+    would get the same name are an error naming both.
+
+    Examples:
+        >>> column_task_names(["NR-AR", "NVS_GPCR_hDRD4.4", "TOX21_p53/BLA"])
+        ['NR-AR', 'NVS_GPCR_hDRD4_4', 'TOX21_p53_BLA']
+    """
+    names = [column.replace(".", "_").replace("/", "_") for column in columns]
+    seen: dict[str, str] = {}
+    for column, name in zip(columns, names, strict=True):
+        if name in seen:
+            raise ValueError(
+                f"the columns {seen[name]!r} and {column!r} would both be task {name!r}; "
+                "rename one of them or leave one out with tasks="
+            )
+        seen[name] = column
+    return names
+
+
 def _file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -271,7 +292,9 @@ class MoleculeNetDataModule(SplitDataModule):
             cell marks a missing label), or a MoleculeNet name (``tox21``, ``toxcast``,
             ``sider``, ``clintox``, ``muv``) looked up under ``root``.
         root: the folder of the MoleculeNet files (``MOLECULENET_FILES``).
-        tasks: the task columns to use (default: all), e.g. a subset of ToxCast's 617.
+        tasks: the task columns to use (default: all), e.g. a subset of ToxCast's 617. A
+            column's task is named after it, with ``.`` and ``/`` replaced by ``_``
+            (:attr:`task_of_column`).
         kind: ``"binary"`` (0/1 labels, the MoleculeNet classification sets) or
             ``"regression"``; ``"auto"``: binary when every label is 0 or 1.
         split: ``"index"`` (file order), ``"random"`` (seeded by ``split_seed``) or
@@ -345,7 +368,11 @@ class MoleculeNetDataModule(SplitDataModule):
             raise ValueError(
                 "balance=True weights binary labels; pass balance=False for regression"
             )
-        self.task_specs = [TaskSpec(name, self.kind) for name in self.table.tasks]
+        #: the task name of each label column (``.`` and ``/`` replaced by ``_``)
+        self.task_of_column = dict(
+            zip(self.table.tasks, column_task_names(self.table.tasks), strict=True)
+        )
+        self.task_specs = [TaskSpec(self.task_of_column[c], self.kind) for c in self.table.tasks]
         self.split, self.fractions, self.split_seed = split, tuple(fractions), int(split_seed)
         self.fingerprint: dict[str, Any] = {
             "radius": int(fingerprint_radius),
@@ -422,7 +449,7 @@ class MoleculeNetDataModule(SplitDataModule):
         self.split_rows = split_indices(smiles, self.split, self.fractions, self.split_seed)
         self.datasets = {
             name: _MoleculeDataset(
-                x[rows], y[rows], None if w is None else w[rows], self.table.tasks
+                x[rows], y[rows], None if w is None else w[rows], self.task_names
             )
             for name, rows in self.split_rows.items()
         }

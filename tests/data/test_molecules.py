@@ -237,3 +237,18 @@ def test_compare_takes_delta_m_over_the_tasks_aucs(tmp_path: Path) -> None:
     assert summary["rows"][1]["metric_keys"] == ["a/auroc", "b/auroc"]
     assert all(0 <= summary["rows"][1][k][0] <= 1 for k in ("a/auroc", "b/auroc"))
     assert np.isfinite(summary["rows"][1]["delta_m"][0])
+
+
+def test_columns_with_dots_or_slashes_become_valid_task_names(tmp_path: Path) -> None:
+    """ToxCast's columns hold '.' (NVS_GPCR_hDRD4.4), which task names cannot (module keys)."""
+    path = write_table(tmp_path / "t.csv")
+    path.write_text(path.read_text().replace("smiles,a,b", "smiles,ASSAY.4,TOX/b", 1))
+    dm = _module(tmp_path, split="index")
+    assert dm.task_names == ["ASSAY_4", "TOX_b"]
+    assert dm.task_of_column == {"ASSAY.4": "ASSAY_4", "TOX/b": "TOX_b"}
+    dm.setup()
+    _, targets, masks, weights = next(iter(dm.train_dataloader()))
+    assert set(targets) == set(masks) == set(weights) == {"ASSAY_4", "TOX_b"}
+    path.write_text(path.read_text().replace("ASSAY.4,TOX/b", "A.b,A/b", 1))
+    with pytest.raises(ValueError, match=r"'A\.b' and 'A/b' would both be task 'A_b'"):
+        _module(tmp_path, split="index")
