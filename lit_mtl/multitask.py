@@ -25,7 +25,7 @@ from lit_mtl.diagnostics import (
     pair_names,
     task_gramian,
 )
-from lit_mtl.engines import StepContext, loss_scale_of, stack_losses, task_views
+from lit_mtl.engines import StepContext, loss_scale_of, task_views
 from lit_mtl.functional.optim import split_weight_decay
 from lit_mtl.metrics.epoch import EpochRankingMetrics, EpochTaskMetrics
 from lit_mtl.models.base import encoder_hooks
@@ -538,7 +538,7 @@ class MultiTaskModule(WeightsOnlyLoading, L.LightningModule):  # type: ignore[mi
         scored = evaluate_tasks(self.tasks, preds, parts, self._count_positions)
         batch_size: int | tuple[int, ...] = sizes[0] if len(set(sizes)) == 1 else tuple(sizes)
         return _TaskLosses(
-            z, batch_size, scored.losses, stack_losses(scored.losses), scored.values,
+            z, batch_size, scored.losses, scored.stacked, scored.values,
             scored.present, scored.statistics, head_inputs, preds, parts,
         )  # fmt: skip
 

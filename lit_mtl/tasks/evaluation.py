@@ -26,6 +26,7 @@ class TaskEvaluation(NamedTuple):
     """What :func:`evaluate_tasks` returns, in task order."""
 
     losses: list[Tensor]  # T scalar losses with their graphs (0 for a task absent from the step)
+    stacked: Tensor  # the same (T,), float32, with the graph
     values: list[float]  # the same losses on the host
     present: Tensor  # (T,) bool: the task had a labelled entry in the step
     statistics: Tensor  # the tasks' metric statistics, concatenated
@@ -65,8 +66,8 @@ def evaluate_tasks(
                 probes.append(task.probe(part.targets[name]))
         losses.append(loss)  # scalar, 0 when unlabelled
         statistics.append(stats)
-    read = torch.stack([loss.detach().float() for loss in losses])
-    values = torch.cat([read, *probes]).tolist()  # one host read
+    stacked = _stacked(losses)
+    values = torch.cat([stacked.detach(), *probes]).tolist()  # one host read
     probe_at = len(losses)
     redo = []
     for i in fast_tasks:
@@ -86,7 +87,14 @@ def evaluate_tasks(
         losses[i], statistics[i] = task.evaluate(pred, part.targets[name])
     loss_values = values[: len(losses)]
     if redo:
-        loss_values = torch.stack([loss.detach().float() for loss in losses]).tolist()
+        stacked = _stacked(losses)
+        loss_values = stacked.detach().tolist()
     stats_all = torch.cat(statistics)
     present = stats_all[count_positions] > 0
-    return TaskEvaluation(losses, loss_values, present, stats_all)
+    return TaskEvaluation(losses, stacked, loss_values, present, stats_all)
+
+
+def _stacked(losses: list[Tensor]) -> Tensor:
+    """The (T,) float32 stack of the scalar losses, keeping their graphs (``.float()`` is the
+    identity on the kinds' float32 losses)."""
+    return torch.stack([loss.float() for loss in losses])
